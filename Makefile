@@ -1,0 +1,30 @@
+# worldstream: every command a user or CI runs starts here.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup play preview test lint bench
+
+# Fresh machine -> working install. The CPU torch wheel goes in first: a bare `torch`
+# requirement would pull a multi-GB CUDA build.
+setup: $(BIN)/worldstream
+
+$(BIN)/worldstream: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $@
+
+# Main job. Until the trained nano ships this renders a world preview (video + contact sheet).
+play: setup
+	$(BIN)/worldstream preview --out out/preview
+
+preview: play
+
+test: setup
+	$(BIN)/ruff check worldstream tests scripts benchmarks
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check worldstream tests scripts benchmarks
+
+bench: setup
+	$(BIN)/python -m benchmarks.render --out docs/results

@@ -1,0 +1,5 @@
+import sys
+
+from worldstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""worldstream.train.recipes."""

@@ -26,7 +26,8 @@ GROUPS: dict[str, str] = {
     "vae": "worldstream.conformance.vae",
     "int8": "worldstream.conformance.int8",
     "scheduler": "worldstream.conformance.scheduler",
-    "manifest": "worldstream.conformance.manifest",
+    "manifest": "worldstream.conformance.manifest",  # DiT manifests (plain + INT8 runtime)
+    "manifest_vae": "worldstream.conformance.manifest_vae",  # Wan2.2 VAE + LightVAE manifests
 }
 
 

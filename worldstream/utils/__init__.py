@@ -1,0 +1,1 @@
+"""worldstream.utils: small shared helpers (atomic file writes)."""

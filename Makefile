@@ -20,11 +20,11 @@ play: setup
 preview: play
 
 test: setup
-	$(BIN)/ruff check worldstream tests scripts benchmarks
+	$(BIN)/ruff check worldstream tests scripts
 	$(BIN)/python -m pytest tests
 
 lint: setup
-	$(BIN)/ruff check worldstream tests scripts benchmarks
+	$(BIN)/ruff check worldstream tests scripts
 
 bench: setup
-	$(BIN)/python -m benchmarks.render --out docs/results
+	$(BIN)/worldstream bench render --out docs/results

@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "filter"): ("worldstream.data.filter_cmd", "filter clip shards, with a removal report"),
     ("data", "inspect"): ("worldstream.data.inspect_cmd", "stats, contact sheet and trajectory plot of shards"),
     ("conformance",): ("worldstream.conformance.cmd", "check this install against official golden vectors"),
+    ("train",): ("worldstream.train.train_cmd", "train a recipe"),
     ("bench", "render"): ("worldstream.eval.benchmarks.render", "renderer frames/s and shard throughput"),
     ("bench", "retrieval"): ("worldstream.eval.benchmarks.retrieval", "retrieval time vs history length"),
     ("bench", "model"): ("worldstream.eval.benchmarks.model", "DiT / VAE forward time and GFLOP/s"),

@@ -15,9 +15,10 @@ import sys
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("preview",): ("worldstream.data.preview", "render a small world: preview video + contact sheet"),
     ("data", "render"): ("worldstream.data.render_cmd", "render worlds into WebDataset clip shards"),
-    ("data", "ingest"): ("worldstream.data.ingest.cmd", "convert RealEstate10K / poses.npy / transforms.json"),
+    ("data", "ingest"): ("worldstream.data.ingest.cmd",
+                         "RealEstate10K, poses.npy, transforms.json -> shards"),
     ("data", "filter"): ("worldstream.data.filter_cmd", "filter clip shards, with a removal report"),
-    ("data", "inspect"): ("worldstream.data.inspect_cmd", "stats, contact sheet and trajectory plot of shards"),
+    ("data", "inspect"): ("worldstream.data.inspect_cmd", "stats, contact sheet, trajectory plot"),
     ("conformance",): ("worldstream.conformance.cmd", "check this install against official golden vectors"),
     ("train",): ("worldstream.train.train_cmd", "train a recipe"),
     ("bench", "render"): ("worldstream.eval.benchmarks.render", "renderer frames/s and shard throughput"),

@@ -92,7 +92,8 @@ def check_c2ws(c2ws: np.ndarray, name: str = "c2ws") -> np.ndarray:
         raise ValueError(f"{name} must be floating point, got {c2ws.dtype}")
     bad = ~np.isfinite(c2ws).all(axis=(1, 2))
     if bad.any():
-        raise ValueError(f"{name} has non-finite (NaN/inf) values in pose(s) {np.flatnonzero(bad)[:8].tolist()}")
+        raise ValueError(f"{name} has non-finite (NaN/inf) values in pose(s) "
+                         f"{np.flatnonzero(bad)[:8].tolist()}")
     return c2ws
 
 
@@ -108,7 +109,8 @@ def _check_intrinsics(K: np.ndarray) -> np.ndarray:
 ####################################################################################################
 
 
-def compute_relative_poses(c2ws: np.ndarray, framewise: bool = False, normalize_trans: bool = True) -> np.ndarray:
+def compute_relative_poses(c2ws: np.ndarray, framewise: bool = False,
+                           normalize_trans: bool = True) -> np.ndarray:
     """`compute_relative_poses`: [N,4,4] -> [N,4,4] in the input dtype.
 
     rel_i = inv(c2w_0) @ c2w_i with rel_0 = identity. framewise: rel_i <- inv(rel_{i-1}) @ rel_i for
@@ -139,7 +141,7 @@ def _linear_extrapolating(src: np.ndarray, values: np.ndarray, tgt: np.ndarray) 
 
 def interpolate_poses_handedness(src_indices: np.ndarray, R: np.ndarray, t: np.ndarray,
                                  tgt_indices: np.ndarray) -> np.ndarray:
-    """`_interpolate_camera_poses_handedness`: poses at times `src_indices` -> [n,4,4] float32 at `tgt_indices`.
+    """`_interpolate_camera_poses_handedness`: poses at times `src_indices` -> [n,4,4] f32 at `tgt_indices`.
 
     1. If the median det(R) < 0 (MG3's reflections), right-multiply by diag(1,1,-1) so SLERP sees
        proper rotations; undo the flip at the end.
@@ -156,7 +158,8 @@ def interpolate_poses_handedness(src_indices: np.ndarray, R: np.ndarray, t: np.n
     t = np.asarray(t, dtype=np.float64)
     N = len(src)
     if R.shape != (N, 3, 3) or t.shape != (N, 3):
-        raise ValueError(f"R must be [{N},3,3] and t [{N},3] for {N} source indices, got {list(R.shape)}, {list(t.shape)}")
+        raise ValueError(f"R must be [{N},3,3] and t [{N},3] for {N} source indices, "
+                         f"got {list(R.shape)}, {list(t.shape)}")
     if N == 0 or not (np.isfinite(R).all() and np.isfinite(t).all() and np.isfinite(src).all()):
         raise ValueError("interpolation needs >= 1 finite source pose (got empty or NaN/inf input)")
     if N > 1 and not (np.diff(src) > 0).all():
@@ -241,11 +244,12 @@ def build_plucker_from_c2ws(c2ws: np.ndarray, src_indices, tgt_indices, framewis
 
 def build_plucker_from_pose(c2w: np.ndarray, K: np.ndarray, height: int, width: int,
                             lat_h: int, lat_w: int) -> np.ndarray:
-    """One (relative) pose [4,4] or [1,4,4] -> [1, 1536, 1, lat_h, lat_w] in the pose's dtype (memory maps: f64)."""
+    """One (relative) pose [4,4] or [1,4,4] -> [1, 1536, 1, lat_h, lat_w] in the pose's dtype (f64 memory)."""
     c2w = np.asarray(c2w)
     c2w = c2w[None] if c2w.ndim == 2 else c2w
     if c2w.shape != (1, 4, 4):
-        raise ValueError(f"build_plucker_from_pose takes one pose [4,4] or [1,4,4], got {list(np.shape(c2w))}")
+        raise ValueError(f"build_plucker_from_pose takes one pose [4,4] or [1,4,4], "
+                         f"got {list(np.shape(c2w))}")
     return rays_to_latent_map(pixel_rays(c2w, K, height, width), lat_h, lat_w)
 
 
@@ -305,10 +309,11 @@ class ClipSchedule:
     def __post_init__(self):
         s = self.temporal_stride
         if s < 1 or (self.first_clip_frames - 1) % s or self.clip_frames % s or self.new_frames % s:
-            raise ValueError(f"ClipSchedule: first_clip_frames-1, clip_frames and new_frames must be multiples "
-                             f"of temporal_stride={s}, got {self}")
+            raise ValueError(f"ClipSchedule: first_clip_frames-1, clip_frames and new_frames must be "
+                             f"multiples of temporal_stride={s}, got {self}")
         if self.past_latents * s + self.new_frames != self.clip_frames:
-            raise ValueError(f"ClipSchedule: past_latents*temporal_stride + new_frames must equal clip_frames, got {self}")
+            raise ValueError(f"ClipSchedule: past_latents*temporal_stride + new_frames must equal "
+                             f"clip_frames, got {self}")
         if self.first_clip_frames <= self.past_latents * s:
             raise ValueError(f"ClipSchedule: the first clip must be longer than the clean prefix, got {self}")
 
@@ -362,7 +367,8 @@ def plucker_for_clip(c2ws: np.ndarray, window: ClipWindow, K: np.ndarray, height
     """The clip part of the Plücker map for `window` from the whole trajectory c2ws [T,4,4] (facts 4.7)."""
     c2ws = check_c2ws(c2ws)
     if window.end > len(c2ws):
-        raise ValueError(f"clip {window.index} needs frames up to {window.end - 1}, trajectory has {len(c2ws)}")
+        raise ValueError(f"clip {window.index} needs frames up to {window.end - 1}, "
+                         f"trajectory has {len(c2ws)}")
     return build_plucker_from_c2ws(c2ws[window.start:window.end], np.arange(window.start, window.end),
                                    window.targets, True, K, height, width, lat_h, lat_w)
 
@@ -377,7 +383,8 @@ def memory_relative_pose(c2ws: np.ndarray, memory_frame: int, reference_frame: i
     translation to unit length (unless it is zero).
     """
     c2ws = check_c2ws(c2ws)
-    block = np.arange(schedule.aligned(memory_frame), schedule.aligned(memory_frame) + schedule.temporal_stride)
+    first = schedule.aligned(memory_frame)
+    block = np.arange(first, first + schedule.temporal_stride)
     if block[-1] >= len(c2ws) or not 0 <= reference_frame < len(c2ws):
         raise ValueError(f"memory frame {memory_frame} (block {block[0]}..{block[-1]}) or reference frame "
                          f"{reference_frame} outside the trajectory of {len(c2ws)} frames")

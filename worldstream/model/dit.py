@@ -21,6 +21,13 @@ Notable features (all official behaviour unless marked "ours"):
 * Dtypes: everything runs in the parameter dtype; norms and RoPE compute in float32, the sinusoid in
   float64. (The official bf16 runtime keeps a float32 residual; the golden vectors are float32 throughout.)
 * RoPE positions past the official 2048-entry table raise unless `rope_overflow="extend"` (ours).
+
+Speed (ours; same numbers, measured in docs/results/dit_speed.md):
+* Tokens share a few timesteps (clean memory/prefix t = 0, the noisy frames one t), so the sinusoid and the
+  time MLPs run once per distinct t (`TimeEmbedding`) and the modulation vectors are gathered per token; with
+  one distinct t they broadcast. `x * (1 + scale) + shift` and the gated residuals are single `addcmul`s.
+* Norms call the fused kernels on the input dtype (they compute in float32 internally, as the official
+  explicit upcasts do); the Plücker fold + projection runs as a 2x2 stride-2 convolution over frames.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ from einops import rearrange
 from worldstream.data.actions import NULL_KEYBOARD, NULL_MOUSE
 from worldstream.model.action import ActionConfig, ActionModule, clip_latents_for_rows
 from worldstream.model.attention import Rope3D, RopeOverflow, apply_rope, attention, rope_pair_split
+
+# oneDNN fused Linear + pointwise op (present in CPU builds with mkldnn; see `feed_forward`)
+_HAS_LINEAR_POINTWISE = (
+    torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
 
 __all__ = ["ActionConfig", "DiTConfig", "WorldDiT", "MG3_5B", "NANO", "SMALL", "PRESETS", "preset"]
 
@@ -190,14 +202,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # F.rms_norm normalises bf16 input in float32 and rounds once: bit-identical to the explicit upcast
+        return F.rms_norm(x, x.shape[-1:], eps=self.eps) * self.weight
 
 
 class FP32LayerNorm(nn.LayerNorm):
-    """Wan LayerNorm: computed in float32 (affine parameters too), cast back."""
+    """Wan LayerNorm: computed in float32 (affine parameters too), cast back.
+
+    NOTE the kernels already compute a bf16 layer norm (affine included) in float32 and round once: the same
+    math as the explicit upcast up to the summation order (1 bf16 ulp on ~0.003% of values), without two
+    copies. Other input dtypes keep the explicit upcast.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        same_dtype = self.weight is None or self.weight.dtype == x.dtype
+        if x.dtype in (torch.float32, torch.bfloat16) and same_dtype:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
@@ -209,6 +229,63 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, base: float) -> torch.Tensor
     freqs = torch.pow(base, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
     ang = t.to(torch.float64)[..., None] * freqs
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+
+
+@dataclass
+class TimeEmbedding:
+    """The per-token time conditioning, stored once per distinct timestep (ours; official: per token).
+
+    A clip's tokens carry a handful of distinct t (0 for memory, clean prefix and padding; the noisy frames'
+    t), so the float64 sinusoid and the MLPs run on those few values and `index` maps tokens to rows. The
+    per-token values are the official ones (same inputs, same layers).
+    """
+
+    e: torch.Tensor  # [U, dim] time_embedding output per distinct t
+    e0: torch.Tensor  # [U, 6, dim] time_projection output
+    index: torch.Tensor  # [B, L] long: token -> row
+
+    def modulation(self, table: torch.Tensor, scales: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """table [U, k, C] -> k vectors [B|1, L|1, C]; rows listed in `scales` become (1 + row).
+
+        Adding the 1 before the gather is exact: it is the same float add per distinct t.
+        """
+        U, k, C = table.shape
+        one = torch.tensor([float(i in scales) for i in range(k)], dtype=table.dtype, device=table.device)
+        rows = table + one[:, None]  # [U, k, C]
+        if U == 1:
+            return rows[None].unbind(2)  # k x [1, 1, C]
+        # one contiguous row copy per token (index_select is ~5x faster than advanced indexing here)
+        per_token = rows.reshape(U, k * C).index_select(0, self.index.reshape(-1))  # [B*L, k*C]
+        return per_token.view(*self.index.shape, k, C).unbind(2)  # k x [B, L, C]
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift as one op, with (1 + scale) precomputed (`TimeEmbedding.modulation`)."""
+    return torch.addcmul(shift, x, scale_plus_one)
+
+
+def _fused_linear_gelu_ok(x: torch.Tensor, layer: nn.Module) -> bool:
+    """True where oneDNN's Linear+GELU(tanh) kernel applies: CPU, no autograd, one float dtype."""
+    return (
+        _HAS_LINEAR_POINTWISE and x.device.type == "cpu" and type(layer) is nn.Linear
+        and x.dtype in (torch.float32, torch.bfloat16) and layer.weight.dtype == x.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+    )
+
+
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The official `ffn` = Sequential(Linear, GELU(tanh), Linear) on x [B, L, C].
+
+    NOTE on CPU without autograd the first Linear and the GELU run as one oneDNN call (the kernel torch's
+    inductor uses for this fusion): eager GELU(tanh) alone costs more than the GEMM here (~1.2 ms for
+    600 x 1024 on one core vs ~0.3 ms for the bf16 GEMM). Same float32 math; autograd takes the plain path.
+    """
+    up, act, down = ffn
+    if _fused_linear_gelu_ok(x, up) and isinstance(act, nn.GELU) and act.approximate == "tanh":
+        h = torch.ops.mkldnn._linear_pointwise(x, up.weight, up.bias, "gelu", [], "tanh")
+    else:
+        h = act(up(x))
+    return down(h)
 
 
 class SelfAttention(nn.Module):
@@ -281,25 +358,26 @@ class DiTBlock(nn.Module):
         self.cam_scale_layer = nn.Linear(d, d)
         self.cam_shift_layer = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, cam: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, temb: TimeEmbedding, context: torch.Tensor, cam: torch.Tensor | None,
                 freqs: torch.Tensor, valid: int, actions: ActionInputs | None,
                 capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """x [B, L, C], e0 [B, L, 6, C], context [B, text_len, C], cam [B, L, C] | None -> [B, L, C]."""
+        """x [B, L, C], temb (e0 [U, 6, C]), context [B, text_len, C], cam [B, L, C] | None -> [B, L, C]."""
         cap = capture if capture is not None else {}
         name = f"block{self.index}_"
-        mod = self.modulation[None] + e0  # [B, L, 6, C]
-        shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(2)
+        # modulation + e0 per distinct t, then per token: 6 x [B|1, L|1, C] (scales already 1 + scale)
+        mod = temb.modulation(self.modulation[0] + temb.e0, scales=(1, 4))
+        shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod
         pad_valid = valid if valid < x.shape[1] else None
 
         # 1. self-attention on the modulated LayerNorm, gated residual
-        y = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, freqs, pad_valid)
-        x = x + y * gate_msa
+        y = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), freqs, pad_valid)
+        x = torch.addcmul(x, y, gate_msa)
         cap[name + "self_attn_out"] = y
 
         # 2. camera injection: x = (1 + scale(c)) * x + shift(c), c = MLP(P) + P
         if cam is not None:
             c = self.cam_injector_layer2(F.silu(self.cam_injector_layer1(cam))) + cam
-            x = (1 + self.cam_scale_layer(c)) * x + self.cam_shift_layer(c)
+            x = modulate(x, self.cam_shift_layer(c), 1 + self.cam_scale_layer(c))
 
         # 3. cross-attention with the re-normalised residual: x = norm3(x); x = x + cross(x)
         x = self.norm3(x)
@@ -312,11 +390,11 @@ class DiTBlock(nn.Module):
             a_in = x[:, :valid]
             a_out = self.action_model(a_in, actions.frames, actions.mouse_cond, actions.keyboard_cond,
                                       actions.mouse_cond_memory, actions.keyboard_cond_memory)
-            x = torch.cat([a_out, x[:, valid:]], dim=1)
+            x = torch.cat([a_out, x[:, valid:]], dim=1) if valid < x.shape[1] else a_out
             cap[name + "action_in"], cap[name + "action_out"] = a_in, a_out
 
         # 5. FFN on the modulated LayerNorm, gated residual
-        x = x + self.ffn(self.norm2(x) * (1 + scale_ffn) + shift_ffn) * gate_ffn
+        x = torch.addcmul(x, feed_forward(self.ffn, modulate(self.norm2(x), shift_ffn, scale_ffn)), gate_ffn)
         cap[name + "out"] = x
         return x
 
@@ -328,10 +406,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
         self.head = nn.Linear(cfg.dim, cfg.head_out_features)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x [B, L, C], e [B, L, C] (time embedding, not e0) -> [B, L, pt*ph*pw*out_dim]."""
-        shift, scale = (self.modulation[None] + e[:, :, None]).unbind(2)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+    def forward(self, x: torch.Tensor, temb: TimeEmbedding) -> torch.Tensor:
+        """x [B, L, C], temb (its e [U, C]: the time embedding, not e0) -> [B, L, pt*ph*pw*out_dim]."""
+        shift, scale = temb.modulation(self.modulation[0] + temb.e[:, None], scales=(1,))
+        return self.head(modulate(self.norm(x), shift, scale))
 
 
 ########################################################################################################
@@ -507,6 +585,24 @@ class WorldDiT(nn.Module):
         t_positions = [int(i) for i in (memory_latent_idx or [])] + list(range(start, end))
         return _Grid(B, M, F_clip, h, w, seq_len, t_positions)
 
+    def _camera_tokens(self, plucker: torch.Tensor, pad: int) -> torch.Tensor:
+        """`patch_embedding_wancamctrl` on the token fold: plucker [B, 6*b*b, F, H, W] -> [B, F*h*w + pad, D].
+
+        The fold `c (f p1) (h p2) (w p3) -> (f h w) (c p1 p2 p3)` followed by the Linear is a (ph, pw)-stride
+        convolution per frame (p1 = 1) with the Linear weight viewed [dim, c, ph, pw]: the same sums without
+        the 8-axis copy. Padding tokens are zero rows in the official fold, so they project to the bias.
+        """
+        _, ph, pw = self.cfg.patch_size
+        B, C = plucker.shape[:2]
+        proj = self.patch_embedding_wancamctrl
+        frames = rearrange(plucker, "b c f h w -> (b f) c h w")
+        weight = proj.weight.reshape(-1, C, ph, pw)  # [dim, c, ph, pw]: the (c p2 p3) feature order
+        out = F.conv2d(frames, weight, proj.bias, stride=(ph, pw))  # [(B F), dim, h, w]
+        out = rearrange(out, "(b f) d h w -> b (f h w) d", b=B)  # [B, valid, dim]
+        if pad:
+            out = torch.cat([out, proj.bias.expand(B, pad, -1)], dim=1)
+        return out
+
     def forward(
         self,
         x: torch.Tensor,
@@ -565,13 +661,16 @@ class WorldDiT(nn.Module):
         xe = self.patch_embedding(x.to(dev, dtype))  # [B, dim, M+F, h, w]
         tokens = F.pad(rearrange(xe, "b c f h w -> b (f h w) c"), (0, 0, 0, pad))  # [B, seq, dim]
 
-        # 3. per-token timestep embedding (float64 sinusoid, cos first; pads get t = 0)
+        # 3. per-token timestep embedding (float64 sinusoid, cos first; pads get t = 0), run per distinct t
         t = F.pad(t.to(dev), (0, pad))  # [B, seq]
-        sin = sinusoidal_embedding(t, cfg.freq_dim, cfg.timestep_base)  # [B, seq, freq_dim] float64
-        e = self.time_embedding(sin.to(dtype))  # [B, seq, dim]
-        e0 = self.time_projection(e)  # [B, seq, 6*dim]
-        cap.update(patch_embedding_out=xe, time_embedding_out_e=e, time_projection_out_e0=e0)
-        e0 = rearrange(e0, "b l (six c) -> b l six c", six=6)  # [B, seq, 6, dim]
+        t_rows, index = torch.unique(t, return_inverse=True)  # [U], [B, seq]
+        sin = sinusoidal_embedding(t_rows, cfg.freq_dim, cfg.timestep_base)  # [U, freq_dim] float64
+        e = self.time_embedding(sin.to(dtype))  # [U, dim]
+        e0 = self.time_projection(e)  # [U, 6*dim]
+        temb = TimeEmbedding(e, rearrange(e0, "u (six c) -> u six c", six=6), index)
+        cap["patch_embedding_out"] = xe
+        if capture is not None:
+            cap.update(time_embedding_out_e=e[index], time_projection_out_e0=e0[index])  # [B, seq, *]
 
         # 4. text: zero-pad every context to text_len rows, then the MLP
         ctx = torch.stack([F.pad(c, (0, 0, 0, cfg.text_len - c.shape[0])) for c in context]).to(dev, dtype)
@@ -582,15 +681,12 @@ class WorldDiT(nn.Module):
         pt, ph, pw = cfg.patch_size
         cam = None
         if plucker_emb is not None:
-            fold = "b c (f p1) (h p2) (w p3) -> b (f h w) (c p1 p2 p3)"
-            cam = rearrange(plucker_emb.to(dev, dtype), fold, p1=pt, p2=ph, p3=pw)  # [B, valid, 6*b*b*4]
-            cam = self.patch_embedding_wancamctrl(F.pad(cam, (0, 0, 0, pad)))  # [B, seq, dim]
+            cam = self._camera_tokens(plucker_emb.to(dev, dtype), pad)  # [B, seq, dim]
             cam = cam + self.c2ws_hidden_states_layer2(F.silu(self.c2ws_hidden_states_layer1(cam)))
             cap["plucker_hidden_P"] = cam
 
         # 6. RoPE: absolute latent indices (memory_latent_idx, then range(*predict_latent_idx)); pads identity
-        freqs = self.rope.freqs(g.t_positions, g.h, g.w).to(dev)  # [valid, H', D/2]
-        freqs = torch.cat([freqs, freqs.new_ones(pad, *freqs.shape[1:])])  # [seq, H', D/2]
+        freqs = self.rope.freqs(g.t_positions, g.h, g.w, pad=pad, device=dev)  # [seq, H', D/2] (cached)
 
         # 7. blocks
         actions = None
@@ -598,10 +694,10 @@ class WorldDiT(nn.Module):
             actions = ActionInputs(g.M + g.F, g.valid, mouse_cond.to(dev), keyboard_cond.to(dev),
                                    _to(mouse_cond_memory, dev), _to(keyboard_cond_memory, dev))
         for block in self.blocks:
-            tokens = block(tokens, e0, ctx, cam, freqs, g.valid, actions, capture)
+            tokens = block(tokens, temb, ctx, cam, freqs, g.valid, actions, capture)
 
         # 8. head (modulated by e, not e0)
-        out = self.head(tokens, e)  # [B, seq, pt*ph*pw*out_dim]
+        out = self.head(tokens, temb)  # [B, seq, pt*ph*pw*out_dim]
         cap["head_out"] = out
 
         # 9. unpatchify the valid tokens (per-token outputs ordered (dy, dx, c)); split memory / clip frames

@@ -271,3 +271,19 @@ def test_prompt_mentions_visible_landmarks():
         "A snowy village of red-roofed wooden houses and snowy pine trees at dusk, "
         "with a blue tower and an orange arch."
     )
+
+
+def test_rendering_works_from_a_second_thread_after_the_first_rendered():
+    """EGL contexts are current in one thread only: a worker thread that renders first (the play
+    server's start images) must not break rendering in the main thread, and vice versa."""
+    import threading
+
+    from worldstream.data.engine import EngineConfig, render_clip
+
+    cfg = EngineConfig(height=32, width=48, num_frames=5)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("thread", render_clip(3, 1, cfg)))
+    t.start()
+    t.join()
+    main = render_clip(3, 1, cfg)
+    assert np.array_equal(out["thread"].video, main.video)

@@ -16,6 +16,7 @@ Notable:
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,21 +89,22 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.biome must be one of {BIOMES} or None, got {self.biome!r}")
 
 
-_CACHE: dict = {"key": None, "world": None, "renderer": None, "pid": None}
+_CACHE = threading.local()  # per thread: a GL context is current in one thread only
 
 
 def get_world(world_seed: int, cfg: EngineConfig) -> tuple[World, Renderer]:
-    """The (World, Renderer) for world_seed, cached per process (one at a time)."""
-    if _CACHE["pid"] != os.getpid():  # NOTE after a fork the parent's GL objects are unusable: drop them
-        _CACHE.update(key=None, world=None, renderer=None, pid=os.getpid())
+    """The (World, Renderer) for world_seed, cached per thread (one at a time)."""
+    c = _CACHE.__dict__
+    if c.get("pid") != os.getpid():  # NOTE after a fork the parent's GL objects are unusable: drop them
+        c.update(key=None, world=None, renderer=None, pid=os.getpid())
     key = (world_seed, cfg.biome, cfg.world, cfg.height, cfg.width, cfg.msaa)
-    if _CACHE["key"] != key:
-        if _CACHE["renderer"] is not None:
-            _CACHE["renderer"].release()
-            _CACHE.update(key=None, world=None, renderer=None)
+    if c["key"] != key:
+        if c["renderer"] is not None:
+            c["renderer"].release()
+            c.update(key=None, world=None, renderer=None)
         world = World.generate(world_seed, cfg.world, biome=cfg.biome)
-        _CACHE.update(key=key, world=world, renderer=Renderer(world, cfg.height, cfg.width, samples=cfg.msaa))
-    return _CACHE["world"], _CACHE["renderer"]
+        c.update(key=key, world=world, renderer=Renderer(world, cfg.height, cfg.width, samples=cfg.msaa))
+    return c["world"], c["renderer"]
 
 
 def revisit_pairs(

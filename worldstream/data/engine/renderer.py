@@ -24,6 +24,7 @@ Notable:
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -112,30 +113,31 @@ void main() {
 }
 """
 
-_CONTEXT = None
-_CONTEXT_PID = None
-_PROGRAMS: dict = {}
+# NOTE an EGL context is current in one thread only: a context created in a worker thread (the play
+# server renders start images in an executor) cannot be used from another. State is per thread.
+_GL = threading.local()  # .ctx, .programs
+_CONTEXT_PID = None  # pid that created GL contexts (fork detection)
 
 
 def get_context():
-    """The process-wide headless GL context (EGL), created on first use.
+    """This thread's headless GL context (EGL), created on first use.
 
     NOTE GL drivers do not survive fork(): a child forked after its parent rendered hangs in its
     first draw (measured with Mesa llvmpipe). We raise instead; render in processes started with
     multiprocessing "spawn", or fork before the parent renders anything.
     """
-    global _CONTEXT, _CONTEXT_PID
-    if _CONTEXT is not None and _CONTEXT_PID != os.getpid():
+    global _CONTEXT_PID
+    if _CONTEXT_PID is not None and _CONTEXT_PID != os.getpid():
         raise RuntimeError(
             "this process was forked after its parent created an OpenGL context; GL drivers do not "
             "survive fork(). Start render workers with multiprocessing.get_context('spawn'), or fork "
             "before rendering anything in the parent."
         )
-    if _CONTEXT is None:
+    if getattr(_GL, "ctx", None) is None:
         import moderngl
 
         try:
-            _CONTEXT = moderngl.create_standalone_context(backend="egl")
+            _GL.ctx = moderngl.create_standalone_context(backend="egl")
         except Exception as e:  # no EGL: explain what is needed instead of a bare driver error
             raise RuntimeError(
                 "could not create a headless OpenGL 3.3 context with EGL (moderngl backend='egl'); "
@@ -143,15 +145,16 @@ def get_context():
                 f"Driver error: {e}"
             ) from e
         _CONTEXT_PID = os.getpid()
-        _PROGRAMS.clear()
-    return _CONTEXT
+        _GL.programs = {}
+    return _GL.ctx
 
 
 def _programs(ctx):
-    if "world" not in _PROGRAMS:
-        _PROGRAMS["world"] = ctx.program(vertex_shader=_WORLD_VS, fragment_shader=_WORLD_FS)
-        _PROGRAMS["sky"] = ctx.program(vertex_shader=_SKY_VS, fragment_shader=_SKY_FS)
-    return _PROGRAMS["world"], _PROGRAMS["sky"]
+    programs = _GL.__dict__.setdefault("programs", {})
+    if id(ctx) not in programs:
+        programs[id(ctx)] = (ctx.program(vertex_shader=_WORLD_VS, fragment_shader=_WORLD_FS),
+                             ctx.program(vertex_shader=_SKY_VS, fragment_shader=_SKY_FS))
+    return programs[id(ctx)]
 
 
 def check_size(height, width) -> tuple[int, int]:
@@ -405,20 +408,21 @@ class Renderer:
 
 # ---- module-level conveniences -------------------------------------------------------------
 
-_CACHED: dict = {"world": None, "size": None, "renderer": None, "pid": None}
+_CACHED = threading.local()  # per thread, like the GL context it renders with
 
 
 def cached_renderer(world: World, height: int, width: int) -> Renderer:
-    """One live Renderer per process (the last world/size used); replaced when either changes."""
-    if _CACHED["pid"] != os.getpid():  # NOTE after a fork the parent's GL objects are unusable: drop them
-        _CACHED.update(world=None, size=None, renderer=None, pid=os.getpid())
-    if _CACHED["world"] is not world or _CACHED["size"] != (height, width):
-        if _CACHED["renderer"] is not None:
-            _CACHED["renderer"].release()
-        _CACHED.update(world=None, size=None, renderer=None)
+    """One live Renderer per thread (the last world/size used); replaced when either changes."""
+    c = _CACHED.__dict__
+    if c.get("pid") != os.getpid():  # NOTE after a fork the parent's GL objects are unusable: drop them
+        c.update(world=None, size=None, renderer=None, pid=os.getpid())
+    if c["world"] is not world or c["size"] != (height, width):
+        if c["renderer"] is not None:
+            c["renderer"].release()
+        c.update(world=None, size=None, renderer=None)
         r = Renderer(world, height, width)
-        _CACHED.update(world=world, size=(height, width), renderer=r)
-    return _CACHED["renderer"]
+        c.update(world=world, size=(height, width), renderer=r)
+    return c["renderer"]
 
 
 def render_frames(world: World, c2w, height: int, width: int) -> np.ndarray:

@@ -21,9 +21,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "inspect"): ("worldstream.data.inspect_cmd", "stats, contact sheet, trajectory plot"),
     ("conformance",): ("worldstream.conformance.cmd", "check this install against official golden vectors"),
     ("train",): ("worldstream.train.train_cmd", "train a recipe"),
+    ("generate",): ("worldstream.infer.generate_cmd", "image + prompt + actions -> mp4"),
+    ("play",): ("worldstream.serve.play_cmd", "play in the browser (or --terminal)"),
     ("bench", "render"): ("worldstream.eval.benchmarks.render", "renderer frames/s and shard throughput"),
     ("bench", "retrieval"): ("worldstream.eval.benchmarks.retrieval", "retrieval time vs history length"),
     ("bench", "model"): ("worldstream.eval.benchmarks.model", "DiT / VAE forward time and GFLOP/s"),
+    ("bench", "dit"): ("worldstream.eval.benchmarks.dit", "DiT forward time and GFLOP/s"),
 }
 
 

@@ -21,6 +21,9 @@ Notable features (all official behaviour unless marked "ours"):
 * Dtypes: everything runs in the parameter dtype; norms and RoPE compute in float32, the sinusoid in
   float64. (The official bf16 runtime keeps a float32 residual; the golden vectors are float32 throughout.)
 * RoPE positions past the official 2048-entry table raise unless `rope_overflow="extend"` (ours).
+* Single-device code: distribution is applied from outside (worldstream/parallel/). Sequence parallelism
+  replaces four per-instance seams, identity here: `SelfAttention.attn_fn`, `DiTBlock.action_fn` and
+  `WorldDiT.shard_tokens` / `gather_tokens` around the blocks.
 
 Speed (ours; same numbers, measured in docs/results/dit_speed.md):
 * Tokens share a few timesteps (clean memory/prefix t = 0, the noisy frames one t), so the sinusoid and the
@@ -295,6 +298,8 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        # seam: (q, k, v [B, L, H, D], valid keys) -> [B, L, H, D]; parallel/sequence.py swaps in Ulysses
+        self.attn_fn = attention
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, valid: int | None) -> torch.Tensor:
         """x [B, L, C], freqs [L, H', D/2] (pads: identity), valid = unpadded length -> [B, L, C]."""
@@ -302,7 +307,7 @@ class SelfAttention(nn.Module):
         q = apply_rope(rearrange(self.norm_q(self.q(x)), "b l (n d) -> b l n d", n=n), freqs)
         k = apply_rope(rearrange(self.norm_k(self.k(x)), "b l (n d) -> b l n d", n=n), freqs)
         v = rearrange(self.v(x), "b l (n d) -> b l n d", n=n)
-        return self.o(rearrange(attention(q, k, v, valid), "b l n d -> b l (n d)"))
+        return self.o(rearrange(self.attn_fn(q, k, v, valid), "b l n d -> b l (n d)"))
 
 
 class CrossAttention(nn.Module):
@@ -336,6 +341,20 @@ class ActionInputs:
     keyboard_cond_memory: torch.Tensor | None  # [B, M, 6]
 
 
+def action_on_valid(
+    module: nn.Module, x: torch.Tensor, valid: int, actions: ActionInputs
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The action module on the first `valid` tokens of x [B, L, C]; padding tokens pass through.
+
+    Returns (x with the valid tokens replaced, action input [B, valid, C], action output [B, valid, C]).
+    """
+    a_in = x[:, :valid]
+    a_out = module(a_in, actions.frames, actions.mouse_cond, actions.keyboard_cond,
+                   actions.mouse_cond_memory, actions.keyboard_cond_memory)
+    x = torch.cat([a_out, x[:, valid:]], dim=1) if valid < x.shape[1] else a_out
+    return x, a_in, a_out
+
+
 class DiTBlock(nn.Module):
     """NOTE registration order (modulation, self_attn, action_model, norm3, cross_attn, ffn, cam_*) is the
     official state_dict order."""
@@ -357,6 +376,8 @@ class DiTBlock(nn.Module):
         self.cam_injector_layer2 = nn.Linear(d, d)
         self.cam_scale_layer = nn.Linear(d, d)
         self.cam_shift_layer = nn.Linear(d, d)
+        # seam: (action_model, x, valid, actions) -> (x, a_in, a_out); sequence parallel gathers the tokens
+        self.action_fn = action_on_valid
 
     def forward(self, x: torch.Tensor, temb: TimeEmbedding, context: torch.Tensor, cam: torch.Tensor | None,
                 freqs: torch.Tensor, valid: int, actions: ActionInputs | None,
@@ -367,10 +388,9 @@ class DiTBlock(nn.Module):
         # modulation + e0 per distinct t, then per token: 6 x [B|1, L|1, C] (scales already 1 + scale)
         mod = temb.modulation(self.modulation[0] + temb.e0, scales=(1, 4))
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod
-        pad_valid = valid if valid < x.shape[1] else None
 
-        # 1. self-attention on the modulated LayerNorm, gated residual
-        y = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), freqs, pad_valid)
+        # 1. self-attention on the modulated LayerNorm, gated residual (keys at index >= valid are padding)
+        y = self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), freqs, valid)
         x = torch.addcmul(x, y, gate_msa)
         cap[name + "self_attn_out"] = y
 
@@ -387,10 +407,7 @@ class DiTBlock(nn.Module):
 
         # 4. action module on the valid tokens (memory + clip); padding untouched
         if hasattr(self, "action_model") and actions is not None:
-            a_in = x[:, :valid]
-            a_out = self.action_model(a_in, actions.frames, actions.mouse_cond, actions.keyboard_cond,
-                                      actions.mouse_cond_memory, actions.keyboard_cond_memory)
-            x = torch.cat([a_out, x[:, valid:]], dim=1) if valid < x.shape[1] else a_out
+            x, a_in, a_out = self.action_fn(self.action_model, x, valid, actions)
             cap[name + "action_in"], cap[name + "action_out"] = a_in, a_out
 
         # 5. FFN on the modulated LayerNorm, gated residual
@@ -471,6 +488,10 @@ class WorldDiT(nn.Module):
         # NOTE not a buffer (the official state dict has none); frequencies are computed per call
         self.rope = Rope3D(cfg.head_dim, cfg.num_heads, cfg.rope_theta, cfg.sigma_theta,
                            cfg.rope_max_positions, cfg.rope_overflow)
+        # seams over the token axis (identity here; parallel/sequence.py shards it across ranks):
+        # (tokens, temb, cam, freqs) -> this rank's tokens, and head output -> all tokens
+        self.shard_tokens = _all_tokens
+        self.gather_tokens = _identity
 
     def init_weights(self) -> None:
         """Official training init: xavier linears/patch conv, zero biases, normal(0.02) text/time MLPs,
@@ -688,16 +709,17 @@ class WorldDiT(nn.Module):
         # 6. RoPE: absolute latent indices (memory_latent_idx, then range(*predict_latent_idx)); pads identity
         freqs = self.rope.freqs(g.t_positions, g.h, g.w, pad=pad, device=dev)  # [seq, H', D/2] (cached)
 
-        # 7. blocks
+        # 7. blocks (on this rank's slice of the token axis under sequence parallelism)
         actions = None
         if cfg.action is not None:
             actions = ActionInputs(g.M + g.F, g.valid, mouse_cond.to(dev), keyboard_cond.to(dev),
                                    _to(mouse_cond_memory, dev), _to(keyboard_cond_memory, dev))
+        tokens, temb, cam, freqs = self.shard_tokens(tokens, temb, cam, freqs)
         for block in self.blocks:
             tokens = block(tokens, temb, ctx, cam, freqs, g.valid, actions, capture)
 
-        # 8. head (modulated by e, not e0)
-        out = self.head(tokens, temb)  # [B, seq, pt*ph*pw*out_dim]
+        # 8. head (modulated by e, not e0), back to all tokens
+        out = self.gather_tokens(self.head(tokens, temb))  # [B, seq, pt*ph*pw*out_dim]
         cap["head_out"] = out
 
         # 9. unpatchify the valid tokens (per-token outputs ordered (dy, dx, c)); split memory / clip frames
@@ -710,6 +732,14 @@ class WorldDiT(nn.Module):
 
 def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
+
+
+def _all_tokens(*per_token):
+    return per_token
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 ########################################################################################################

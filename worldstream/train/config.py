@@ -65,10 +65,11 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    # "auto": DDP when launched with WORLD_SIZE > 1 (torchrun), else single process.
-    # NOTE "fsdp2" (sharded params + optimizer) lands in worldstream/parallel/parallelize.py later.
-    mode: Literal["auto", "none", "ddp"] = "auto"
+    # "auto": DDP when launched with WORLD_SIZE > 1 (torchrun), else single process. "fsdp2": params,
+    # grads and optimizer state sharded per transformer block (one trained module; parallel/parallelize.py)
+    mode: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA, else gloo
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (any mode)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldstream.parallel.parallelize import full_state_dict, load_full_state_dict, parallelize
+from worldstream.parallel.parallelize import (
+    full_state_dict,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    parallelize,
+    unsharded_class,
+)
 from worldstream.train.config import RunConfig, ScheduleConfig, diff_keys, flatten, to_dict
 from worldstream.train.logging import RunLogger
 from worldstream.train.objectives import ModelBundle, split_losses
@@ -320,7 +327,8 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def module_type(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
+    cls = unsharded_class(module)  # FSDP2 swaps in a subclass
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -565,7 +573,9 @@ class Trainer:
                                      f"{missing} at step {step}, but they are due (update_every); got losses "
                                      f"for {list(losses)}")
                 for i, n in enumerate(due):
-                    torch.autograd.backward(losses[n].float() / cfg.grad_accum, inputs=self.params[n],
+                    # NOTE fsdp2 (one trained module): `inputs=` would give sharded parameters no gradient
+                    inputs = None if self.mode == "fsdp2" else self.params[n]
+                    torch.autograd.backward(losses[n].float() / cfg.grad_accum, inputs=inputs,
                                             retain_graph=i < len(due) - 1)
             for n, v in losses.items():
                 key = "loss" if len(trained) == 1 else f"loss/{n}"
@@ -646,11 +656,22 @@ class Trainer:
                 torch.distributed.all_gather_object(gathered, rank_state)
             else:
                 gathered = [rank_state]
+            states = self._full_states()  # a collective under fsdp2
             if self.env.is_main:
-                self.last_checkpoint = self._write_checkpoint(gathered)
+                self.last_checkpoint = self._write_checkpoint(gathered, states)
         return self.last_checkpoint
 
-    def _write_checkpoint(self, rank_states: list[Any]) -> Path:
+    def _full_states(self) -> dict[str, dict[str, Any]]:
+        """Per trained module: full weights, EMA weights, optimizer state (rank 0; under fsdp2 every rank
+        joins the gather)."""
+        if not self.env.is_main and self.mode != "fsdp2":
+            return {}
+        b = self.bundle
+        return {n: {"model": full_state_dict(b.raw(n)),
+                    "ema": full_state_dict(b.ema[n]) if n in b.ema else None,
+                    "optim": optimizer_state_dict(b.raw(n), self.optimizers[n])} for n in b.trained}
+
+    def _write_checkpoint(self, rank_states: list[Any], states: dict[str, dict[str, Any]]) -> Path:
         root = self.out_dir / CKPT_DIR
         root.mkdir(parents=True, exist_ok=True)
         final = root / step_dir_name(self.step)
@@ -660,10 +681,10 @@ class Trainer:
         bundle = self.bundle
         for n in bundle.trained:
             meta = {"module": n, "type": module_type(bundle.raw(n)), "step": str(self.step)}
-            save_file(full_state_dict(bundle.raw(n)), tmp / f"{n}.safetensors", metadata=meta)
+            save_file(states[n]["model"], tmp / f"{n}.safetensors", metadata=meta)
             if n in bundle.ema:
-                save_file(full_state_dict(bundle.ema[n]), tmp / f"{n}_ema.safetensors", metadata=meta)
-            torch.save(self.optimizers[n].state_dict(), tmp / f"{n}_optim.pt")
+                save_file(states[n]["ema"], tmp / f"{n}_ema.safetensors", metadata=meta)
+            torch.save(states[n]["optim"], tmp / f"{n}_optim.pt")
         torch.save(rank_states, tmp / "rank_state.pt")
         atomic_write_json(tmp / "trainer_state.json", {
             "step": self.step, "consumed": self.consumed, "nonfinite_run": self.nonfinite_run,
@@ -738,7 +759,8 @@ class Trainer:
         self.updates.update({n: int(v) for n, v in state["updates"].items() if n in self.updates})
         for n, opt in self.optimizers.items():
             path = ckpt / f"{n}_optim.pt"
-            opt.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+            load_optimizer_state_dict(self.bundle.raw(n), opt,
+                                      torch.load(path, map_location=self.device, weights_only=True))
             for group in opt.param_groups:  # a changed optim config wins over the saved hyper-parameters
                 o = self.cfg.optim[n]
                 group.update(betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

@@ -64,7 +64,7 @@ def headwise_thetas(num_heads: int, theta: float, sigma_theta: float) -> torch.T
     """[H] float64 per-head bases theta*(1 + sigma*linspace(-1, 1, H)), or None for plain RoPE."""
     if sigma_theta == 0:
         return None
-    eps = torch.linspace(-1.0, 1.0, num_heads, dtype=torch.float64)
+    eps = torch.linspace(-1.0, 1.0, num_heads, dtype=torch.float64, device="cpu")
     return theta * (1 + sigma_theta * eps)
 
 
@@ -88,11 +88,14 @@ class Rope3D:
         self.overflow = overflow
         thetas = headwise_thetas(num_heads, theta, sigma_theta)
         base = (
-            torch.tensor([float(theta)], dtype=torch.float64) if thetas is None else thetas
+            torch.tensor([float(theta)], dtype=torch.float64, device="cpu") if thetas is None else thetas
         )  # [H'] (H' = H or 1)
         # omega[h, j] = 1 / theta_h ** (2j / 2n), exactly Wan's rope_params exponent in float64
+        # NOTE explicit CPU: the model may be built under `with torch.device("meta")` (from_pretrained),
+        # but these are host-side constants, never parameters.
         self.omegas = [
-            1.0 / torch.pow(base[:, None], torch.arange(0, 2 * n, 2, dtype=torch.float64).div(2 * n)[None, :])
+            1.0 / torch.pow(base[:, None],
+                            torch.arange(0, 2 * n, 2, dtype=torch.float64, device="cpu").div(2 * n)[None, :])
             for n in self.pairs
         ]  # 3 x [H', n]
         # NOTE a bounded cache of finished grids: (positions, h, w, pad, device) -> complex64 [L, H', C].

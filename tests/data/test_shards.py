@@ -206,3 +206,16 @@ def test_inspect_stats_and_pictures(tmp_path):
     assert Image.open(tmp_path / "out" / "trajectories.png").size[0] > 300
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["clips"] == 2
     assert "2 shards, 2 clips, 60 frames" in format_stats(stats)
+
+
+def test_clip_validate_names_the_first_bad_row():
+    import numpy as np
+
+    from worldstream.data.schema import Clip
+
+    T = 5
+    c2w = np.tile(np.eye(4), (T, 1, 1))
+    c2w[3, 0, 3] = np.nan  # one NaN among finite values in row 3
+    clip = Clip("k", c2w, np.ones(4), np.zeros((T, 6), np.float32), np.zeros((T, 2), np.float32), "p", "t")
+    with pytest.raises(ValueError, match=r"c2w has NaN/inf values \(first at row 3\)"):
+        clip.validate()

@@ -46,10 +46,13 @@ def compare(group: str, case: str, actual, expected, tol: float, note: str = "")
     import numpy as np
     import torch
 
-    a = actual.detach().double().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual, np.float64)
-    e = expected.detach().double().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected, np.float64)
+    def as_f64(x):
+        return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+    a, e = as_f64(actual), as_f64(expected)
     if a.shape != e.shape:
-        return CaseResult(group, case, False, None, tol, f"shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+        note = f"shape {tuple(a.shape)} != expected {tuple(e.shape)}"
+        return CaseResult(group, case, False, None, tol, note)
     if a.size == 0:
         return CaseResult(group, case, True, 0.0, tol, note)
     diff = float(np.max(np.abs(a - e)))
@@ -67,7 +70,8 @@ def guarded(group: str, case: str, fn) -> Iterator[CaseResult]:
             yield from out
     except Exception as e:  # noqa: BLE001 - a broken case must not hide the others
         last = traceback.extract_tb(e.__traceback__)[-1]
-        yield CaseResult(group, case, False, None, None, f"{type(e).__name__}: {e} ({last.filename}:{last.lineno})")
+        where = f"{last.filename}:{last.lineno}"
+        yield CaseResult(group, case, False, None, None, f"{type(e).__name__}: {e} ({where})")
 
 
 def run(root: Path, groups: list[str] | None = None) -> list[CaseResult]:
@@ -100,7 +104,8 @@ def format_table(results: list[CaseResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
     for k, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + ("  " + row[5] if row[5] else ""))
+        cells = "  ".join(c.ljust(w) for c, w in zip(row[:5], widths))
+        lines.append(cells + ("  " + row[5] if row[5] else ""))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     n_fail = sum(not r.passed for r in results)

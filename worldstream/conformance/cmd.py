@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("golden_dir", type=Path, help="directory of golden files (format of shared/reference/golden)")
+    p.add_argument("golden_dir", type=Path,
+                   help="directory of golden files (format of shared/reference/golden)")
     p.add_argument("--group", action="append", help="only these groups (repeatable)")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
 

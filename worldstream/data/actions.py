@@ -33,7 +33,8 @@ NULL_MOUSE = 1.0
 @dataclass(frozen=True)
 class Kinematics:
     move_speed: float = 12.35  # units per frame for a single key (official literal)
-    diagonal_speed: float = 8.73  # per-axis speed when a forward/back and a strafe key are both held (~12.35/sqrt 2)
+    # per-axis speed when a forward/back and a strafe key are both held (~12.35/sqrt 2)
+    diagonal_speed: float = 8.73
     degrees_per_mouse_unit: float = 15.0  # mouse 0.1 -> 1.5 deg per frame
     mouse_deadzone: float = 0.02  # |m| below this is ignored (compared in float32)
     translation_scale: float = 0.01  # pose units -> extrinsic translation units
@@ -85,7 +86,7 @@ def next_pose(pose: np.ndarray, keyboard: np.ndarray, mouse: np.ndarray,
 
 def poses_from_actions(keyboard: np.ndarray, mouse: np.ndarray, first_pose: np.ndarray | None = None,
                        kin: Kinematics = MG3_KINEMATICS) -> tuple[np.ndarray, np.ndarray]:
-    """`compute_all_poses_from_actions`: keyboard [T,6], mouse [T,2] -> (poses [T,5] float32, last_pose [5] f64).
+    """`compute_all_poses_from_actions`: keyboard [T,6], mouse [T,2] -> (poses [T,5] f32, last_pose [5] f64).
 
     pose[0] = first_pose (zeros by default); pose[i+1] = next_pose(pose[i], kb[i], mouse[i]).
     last_pose = next_pose(pose[T-1], kb[T-1], mouse[T-1]) (the next clip's first pose).

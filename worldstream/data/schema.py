@@ -55,11 +55,12 @@ class Clip:
                 raise ValueError(f"clip {self.key}: {name} must be a numpy array, got {type(arr).__name__}")
             if arr.dtype.kind not in kinds:
                 raise ValueError(f"clip {self.key}: {name} has dtype {arr.dtype}, expected kind {kinds!r}")
-            if len(arr.shape) != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+            mismatch = any(s is not None and a != s for a, s in zip(arr.shape, shape))
+            if len(arr.shape) != len(shape) or mismatch:
                 want = "[" + ",".join("*" if s is None else str(s) for s in shape) + "]"
                 raise ValueError(f"clip {self.key}: {name} has shape {list(arr.shape)}, expected {want}")
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                bad = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)).any(1))[0, 0]) if arr.ndim else 0
+                bad = int(np.argmax((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(1))) if arr.ndim else 0
                 raise ValueError(f"clip {self.key}: {name} has NaN/inf values (first at row {bad})")
 
         if T < 1:

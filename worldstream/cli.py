@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
                          "RealEstate10K, poses.npy, transforms.json -> shards"),
     ("data", "filter"): ("worldstream.data.filter_cmd", "filter clip shards, with a removal report"),
     ("data", "inspect"): ("worldstream.data.inspect_cmd", "stats, contact sheet, trajectory plot"),
+    ("data", "cache-latents"): ("worldstream.data.cache_latents", "encode clip shards into latent shards"),
     ("conformance",): ("worldstream.conformance.cmd", "check this install against official golden vectors"),
     ("train",): ("worldstream.train.train_cmd", "train a recipe"),
     ("generate",): ("worldstream.infer.generate_cmd", "image + prompt + actions -> mp4"),
@@ -27,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "retrieval"): ("worldstream.eval.benchmarks.retrieval", "retrieval time vs history length"),
     ("bench", "model"): ("worldstream.eval.benchmarks.model", "DiT / VAE forward time and GFLOP/s"),
     ("bench", "dit"): ("worldstream.eval.benchmarks.dit", "DiT forward time and GFLOP/s"),
+    ("bench", "speed"): ("worldstream.eval.benchmarks.speed",
+                         "end-to-end FPS and latency, each acceleration off in turn"),
 }
 
 

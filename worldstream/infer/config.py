@@ -64,6 +64,14 @@ class SessionConfig:
     # stretch: plain resize of the whole image (interactive pipeline)
     decode_segment_size: int = 4  # latents per decoder call (official WAN_VAE_SEGMENT_SIZE default 4)
     fps: int = 16  # playback rate of written videos (official sample_fps 16)
+    # --- async decode (official --use_async_vae, facts 5.7; infer/decode.py): a worker process owns the
+    # decoder and its cache, so the DiT samples clip k+1 while clip k decodes (session submit/next_frames)
+    async_decode: bool = False  # off: decode in the calling process (the default; tests, scripts)
+    decode_queue_size: int = 2  # bounded queues, latents in / frames out (official latent queue maxsize 2)
+    decode_threads: int | None = None  # worker intra-op threads; None: half the cores (1 of 2)
+    dit_threads: int | None = None  # this process's intra-op threads while async; None: the other cores
+    decode_device: str = "auto"  # auto: the CPU for CPU sessions, on CUDA the GPU after the DiT ranks (MG3)
+    decode_max_restarts: int = 3  # consecutive worker crashes without a decoded clip before giving up
 
     def __post_init__(self):
         def bad(msg: str):
@@ -90,6 +98,12 @@ class SessionConfig:
             bad(f"height and width must be positive, got {self.height}x{self.width}")
         if self.decode_segment_size < 1 or self.fps < 1:
             bad(f"decode_segment_size and fps must be >= 1, got {self.decode_segment_size}, {self.fps}")
+        if self.decode_queue_size < 1 or self.decode_max_restarts < 0:
+            bad(f"decode_queue_size must be >= 1 and decode_max_restarts >= 0, got {self.decode_queue_size}, "
+                f"{self.decode_max_restarts}")
+        if any(t is not None and t < 1 for t in (self.decode_threads, self.dit_threads)):
+            bad(f"decode_threads and dit_threads must be >= 1 or None, got {self.decode_threads}, "
+                f"{self.dit_threads}")
         # the reference frames of clip 1 must exist: window end - largest offset >= 0
         if self.use_memory:
             end = self.schedule.window(1).end

@@ -1,8 +1,10 @@
 """One streaming clip as a function: `rollout_clip(bundle, state, actions, cfg) -> (new_latents, info)`.
 
 Shared by `WorldSession` (which adds VAE encoding/decoding), the benchmarks and the DMD self-rollout. No
-decoding, no printing, no stdin. Per clip k (facts 4.7-4.9, 5.2-5.3; the numbers are `SessionConfig`
-fields):
+decoding, no printing, no stdin. `rollout_clip` = `prepare_clip` (steps 1-3 and the DiT inputs of 4) + the
+sampler + `commit_clip` (step 5); the DMD self-rollout calls the two halves itself for the segment it trains
+(gradients through the student's sampling, teacher and critic evaluated on the same `ClipInputs`).
+Per clip k (facts 4.7-4.9, 5.2-5.3; the numbers are `SessionConfig` fields):
 
 1. Poses: the clip's new action rows extend the trajectory with MG3's kinematics from the previous clip's
    last pose (`poses_from_actions(first_pose=last_pose)`, the interactive pipeline), then `get_extrinsics`.
@@ -35,7 +37,7 @@ import torch
 from einops import rearrange
 
 from worldstream.data.actions import MG3_KINEMATICS, Kinematics, poses_from_actions
-from worldstream.diffusion.samplers import make_scheduler, sample_clip
+from worldstream.diffusion.samplers import DenoiseFn, make_scheduler, sample_clip
 from worldstream.geometry.camera import (
     PIXEL_CENTER,
     ClipWindow,
@@ -50,8 +52,8 @@ from worldstream.infer.config import SessionConfig
 from worldstream.infer.model_bundle import InferenceBundle
 
 __all__ = ["ClipGeometry", "RayGrid", "clip_plucker", "memory_plucker", "Trajectory", "LatentStore",
-           "RolloutState", "MemoryInfo", "ClipInfo", "new_state",
-           "rows_for_next_clip", "rollout_clip"]
+           "RolloutState", "MemoryInfo", "ClipInfo", "ClipInputs", "new_state",
+           "rows_for_next_clip", "prepare_clip", "commit_clip", "rollout_clip"]
 
 KEYBOARD_DIM, MOUSE_DIM, POSE_DIM = 6, 2, 5
 INITIAL_FRAMES = 1024  # trajectory storage before its first doubling
@@ -289,6 +291,34 @@ class ClipInfo:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
+@dataclass
+class ClipInputs:
+    """Everything the DiT sees while denoising one clip (prepared once; any DiT can be run on it)."""
+
+    clip: int
+    window: ClipWindow
+    num_prefix: int  # P clean latents at the window start (clip 0: the image latent)
+    prefix: torch.Tensor  # [1, C, P, h, w] clean prefix
+    noise: torch.Tensor  # [1, C, F, h, w] initial noise of the whole window (prefix frames overwritten)
+    keyboard: torch.Tensor  # [1, N, 6] action rows of the window
+    mouse: torch.Tensor  # [1, N, 2]
+    plucker: torch.Tensor  # [1, 6*b*b, M+F, h, w] memory maps first
+    context: list[torch.Tensor]  # [text_len, text_dim] prompt embedding
+    memory_kwargs: dict  # x_memory [1, C, M, h, w] + memory_latent_idx (empty without memory)
+    memory: MemoryInfo | None
+    new_frames: range  # trajectory frames this clip added
+    tokens_per_frame: int
+
+    def denoiser(self, dit) -> DenoiseFn:
+        """(latents [1, C, F, h, w], timestep tokens [1, F * tokens]) -> dit's velocity [1, C, F, h, w]."""
+        def denoise(latents: torch.Tensor, t_tokens: torch.Tensor) -> torch.Tensor:
+            return dit(latents, t_tokens, self.context, mouse_cond=self.mouse, keyboard_cond=self.keyboard,
+                       plucker_emb=self.plucker, predict_latent_idx=(self.window.latent_start,
+                                                                     self.window.latent_end),
+                       **self.memory_kwargs)
+        return denoise
+
+
 ########################################################################################################
 # Clip
 
@@ -362,7 +392,20 @@ def rollout_clip(bundle: InferenceBundle, state: RolloutState, actions, cfg: Ses
     `actions` = (keyboard [N, 6], mouse [N, 2]) (or anything with .keyboard / .mouse) for the frames the clip
     adds to the trajectory: N = `rows_for_next_clip` (MG3: 57 for clip 0, 40 later). Updates `state`.
     """
-    k, sched = state.clip, cfg.schedule
+    traj = state.trajectory
+    undo = (traj.n, traj.last_pose, state.generator.get_state())  # a failed clip leaves the state as it was
+    timer = _Laps()
+    try:
+        inputs = prepare_clip(bundle, state, actions, cfg, timer.lap)
+        return _sample_and_commit(bundle, state, inputs, cfg, timer)
+    except BaseException:
+        traj.n, traj.last_pose = undo[0], undo[1]
+        state.generator.set_state(undo[2])
+        raise
+
+
+def _check_actions(state: RolloutState, actions, cfg: SessionConfig) -> tuple[np.ndarray, np.ndarray]:
+    k = state.clip
     keyboard, mouse = (actions.keyboard, actions.mouse) if hasattr(actions, "keyboard") else actions
     keyboard = np.asarray(keyboard, np.float32)
     mouse = np.asarray(mouse, np.float32)
@@ -372,23 +415,20 @@ def rollout_clip(bundle: InferenceBundle, state: RolloutState, actions, cfg: Ses
                          f"[{need}, {MOUSE_DIM}], got {list(keyboard.shape)} and {list(mouse.shape)}")
     if not (np.isfinite(keyboard).all() and np.isfinite(mouse).all()):
         raise ValueError(f"clip {k}: action rows contain NaN or inf")
+    return keyboard, mouse
 
+
+def prepare_clip(bundle: InferenceBundle, state: RolloutState, actions, cfg: SessionConfig,
+                 lap=None) -> ClipInputs:
+    """Steps 1-3 and the inputs of step 4 for clip `state.clip`: extends the trajectory and draws the noise.
+
+    NOTE mutates `state` (trajectory, generator); `rollout_clip` undoes that on failure, direct callers
+    own it.
+    """
+    keyboard, mouse = _check_actions(state, actions, cfg)
+    lap = lap or (lambda name: None)
+    k, geo, sched, traj = state.clip, state.geometry, cfg.schedule, state.trajectory
     win = sched.window(k)
-    traj = state.trajectory
-    undo = (traj.n, traj.last_pose, state.generator.get_state())  # a failed clip leaves the state as it was
-    try:
-        return _rollout(bundle, state, keyboard, mouse, cfg, win)
-    except BaseException:
-        traj.n, traj.last_pose = undo[0], undo[1]
-        state.generator.set_state(undo[2])
-        raise
-
-
-def _rollout(bundle: InferenceBundle, state: RolloutState, keyboard: np.ndarray, mouse: np.ndarray,
-             cfg: SessionConfig, win: ClipWindow) -> tuple[torch.Tensor, ClipInfo]:
-    k, geo, sched, dit, traj = state.clip, state.geometry, cfg.schedule, bundle.dit, state.trajectory
-    timer = _Laps()
-    lap = timer.lap
 
     # 1. poses of the new frames from the previous clip's last pose
     new_frames = traj.extend(keyboard, mouse)
@@ -418,7 +458,7 @@ def _rollout(bundle: InferenceBundle, state: RolloutState, keyboard: np.ndarray,
                       memory_latent_idx=list(memory.latents))
         lap("plucker_memory")
 
-    # 4. sample: noise, clean prefix, per-token timesteps, re-stitched prefix
+    # 4. (inputs) noise, clean prefix, the window's action rows
     P = 1 if k == 0 else sched.past_latents
     F = win.latent_end - win.latent_start
     prefix = state.latents.get(range(win.latent_start, win.latent_start + P)).to(bundle.device)
@@ -426,33 +466,42 @@ def _rollout(bundle: InferenceBundle, state: RolloutState, keyboard: np.ndarray,
                         dtype=cfg.torch_dtype, device=bundle.device)
     rows_kb = torch.from_numpy(np.ascontiguousarray(traj.keyboard[s:e]))[None].to(bundle.device)  # [1, N, 6]
     rows_mouse = torch.from_numpy(np.ascontiguousarray(traj.mouse[s:e]))[None].to(bundle.device)  # [1, N, 2]
-    context = [state.context]
+    return ClipInputs(k, win, P, prefix, noise, rows_kb, rows_mouse, plucker, [state.context], mem_kw, memory,
+                      new_frames, geo.tokens_per_frame)
 
-    def denoise(latents: torch.Tensor, t_tokens: torch.Tensor) -> torch.Tensor:
-        return dit(latents, t_tokens, context, mouse_cond=rows_mouse, keyboard_cond=rows_kb,
-                   plucker_emb=plucker, predict_latent_idx=(win.latent_start, win.latent_end), **mem_kw)
 
+def _sample_and_commit(bundle: InferenceBundle, state: RolloutState, inputs: ClipInputs, cfg: SessionConfig,
+                       timer: _Laps) -> tuple[torch.Tensor, ClipInfo]:
+    # 4. sample: a fresh scheduler, per-token timesteps, the prefix re-stitched after every step
+    P = inputs.num_prefix
     scheduler = make_scheduler(cfg.sampler, generator=state.generator)
-    out = sample_clip(denoise, noise, prefix, P, scheduler, cfg.steps, cfg.shift,
-                      tokens_per_frame=geo.tokens_per_frame,
+    out = sample_clip(inputs.denoiser(bundle.dit), inputs.noise, inputs.prefix, P, scheduler, cfg.steps,
+                      cfg.shift, tokens_per_frame=inputs.tokens_per_frame,
                       timestep_in_latent_dtype=cfg.timestep_in_latent_dtype)  # [1, C, F, h, w]
     new = out[:, :, P:].contiguous()
-    lap("sample")
+    timer.lap("sample")
+    stored = commit_clip(state, inputs, new, cfg)
+    timer.lap("bookkeeping")
+    info = ClipInfo(inputs.clip, inputs.window, (inputs.new_frames.start, inputs.new_frames.stop),
+                    (stored.start, stored.stop), inputs.memory, timer.timings)
+    return new, info
 
+
+def commit_clip(state: RolloutState, inputs: ClipInputs, new: torch.Tensor, cfg: SessionConfig) -> range:
+    """Step 5 for clip `inputs`: store its new latents [1, C, n, h, w]; their timeline range."""
+    win, sched = inputs.window, cfg.schedule
     # 5. bookkeeping: store, bank, drop what nothing can read any more
     stored = state.latents.append(new)
-    expected = range(win.latent_start + P, win.latent_end)
+    expected = range(win.latent_start + inputs.num_prefix, win.latent_end)
     if stored != expected:
-        raise RuntimeError(f"latent timeline out of step: stored {stored}, clip {k} generated {expected}")
+        raise RuntimeError(f"latent timeline out of step: stored {stored}, clip {inputs.clip} generated "
+                           f"{expected}")
     keep = {0, *range(win.latent_end - sched.past_latents, win.latent_end)}
     if state.bank is not None:
         lat = np.arange(stored.start, stored.stop)
         fr = sched.last_frame(lat)
-        state.bank.add_many(lat, c2ws[fr], fr)
+        state.bank.add_many(lat, state.trajectory.c2ws[fr], fr)
         keep.update(int(i) for i in state.bank.latents)
     state.latents.retain(keep)
     state.clip += 1
-    lap("bookkeeping")
-    info = ClipInfo(k, win, (new_frames.start, new_frames.stop), (stored.start, stored.stop), memory,
-                    timer.timings)
-    return new, info
+    return stored

@@ -15,6 +15,18 @@ Frame bookkeeping (MG3's clip schedule, facts 5.2; numbers from `SessionConfig.s
 * Decoding: one persistent `DecodeCache` across the session; latent 0 is decoded alone as the first chunk,
   then each clip's new latents (n latents -> 4n frames), which equals MG3's decode of the whole timeline.
 
+Async decode (`SessionConfig.async_decode`, MG3's `--use_async_vae`; infer/decode.py): the decoder and its
+cache live in a worker process. `step(actions)` still returns the frames of *those* actions (DiT, then
+decode: no clip of added latency, and no overlap since the next actions are not known yet). Overlap comes
+from the split form: `submit(actions)` runs the DiT and hands the latents to the worker, `next_frames()`
+returns the oldest submitted clip's frames once decoded. A producer thread that submits clip k+1 as soon
+as `submit(k)` returns, with a consumer thread that takes each clip's frames when ready, decodes clip k
+while the DiT samples k+1: frames of clip k arrive DiT + decode after its actions (as with `step`) and a
+clip is produced every max(DiT, decode) instead of DiT + decode. At most `decode_queue_size` clips may wait
+for `next_frames`. A crashed worker is restarted and the clip re-decoded (`info.decode_restarts`).
+Threads: with a CPU worker the cores are split (`dit_threads`, `decode_threads`; 1 + 1 on 2 cores) by
+`torch.set_num_threads` in this process, restored by `close()`.
+
 Image input: PIL image or uint8 array [H, W], [H, W, 1|3|4] of any size; grayscale is replicated, alpha is
 dropped, then `crop` (centre-crop to the target aspect, bicubic resize: the official `get_data`) or
 `stretch` (plain resize: the interactive pipeline). Prompts: a string (encoded by the bundle's text
@@ -24,6 +36,7 @@ encoder; longer than text_len -> truncated with a warning) or an embedding tenso
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +44,7 @@ import torch
 from einops import rearrange
 
 from worldstream.infer.config import SessionConfig, preset
+from worldstream.infer.decode import AsyncDecoder, DecodeWorkerConfig, split_threads, worker_device
 from worldstream.infer.model_bundle import InferenceBundle
 from worldstream.infer.rollout import (
     KEYBOARD_DIM,
@@ -97,6 +111,16 @@ class SessionInfo:
     mouse: np.ndarray  # [T, 2]
     last: ClipInfo | None  # the last clip: frames, latents, retrieved memory, timings
     timings: dict[str, float] = field(default_factory=dict)  # last reset/step, seconds per phase
+    decode_restarts: tuple[str, ...] = ()  # async decode: the reason of every decode worker restart
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A clip whose frames `next_frames` has not returned yet."""
+
+    info: ClipInfo
+    frames: np.ndarray | None  # decoded already (sync) or None (in the decode worker)
+    decode_s: float  # sync: decode seconds; async: seconds to hand the latents over
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -117,6 +141,9 @@ class WorldSession:
         self.geometry = ClipGeometry.of(bundle, self.cfg)  # validates sizes and strides
         self.state: RolloutState | None = None
         self._cache: DecodeCache | None = None
+        self._decoder: AsyncDecoder | None = None  # async_decode: started by the first reset
+        self._submitted: deque[_Submitted] = deque()  # clips whose frames next_frames has not returned
+        self._threads_before: int | None = None  # intra-op threads to restore on close()
         self._frames = 0
         self._last: ClipInfo | None = None
         self._timings: dict[str, float] = {}
@@ -133,12 +160,18 @@ class WorldSession:
         return self.cfg.first_step_frames if self._require().clip == 0 else self.cfg.step_frames
 
     @property
+    def pending(self) -> int:
+        """Clips submitted whose frames `next_frames` has not returned yet."""
+        return len(self._submitted)
+
+    @property
     def info(self) -> SessionInfo:
         st = self._require()
         t = st.trajectory
+        restarts = () if self._decoder is None else tuple(self._decoder.restarts)
         return SessionInfo(st.clip, self._frames, st.latents.num_latents, len(st.latents), _readonly(t.poses),
                            _readonly(t.c2ws), _readonly(t.keyboard), _readonly(t.mouse), self._last,
-                           dict(self._timings))
+                           dict(self._timings), decode_restarts=restarts)
 
     def _require(self) -> RolloutState:
         if self.state is None:
@@ -190,6 +223,39 @@ class WorldSession:
             return np.concatenate([kb[:1], kb]), np.concatenate([ms[:1], ms])
         return kb, ms
 
+    def _async_decoder(self) -> AsyncDecoder:
+        """The decode worker: started on first use (threads split), else reset for a new video."""
+        if self._decoder is not None:
+            self._decoder.reset()
+            return self._decoder
+        cfg, device = self.cfg, self.bundle.device
+        dit_threads, decode_threads = split_threads(torch.get_num_threads(), cfg.dit_threads,
+                                                    cfg.decode_threads)
+        where = worker_device(device, cfg.decode_device)
+        if where.type == "cpu" and device.type == "cpu":  # both on the CPU: split the cores
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(dit_threads)
+        frames = max(cfg.first_step_frames, cfg.step_frames)
+        self._decoder = AsyncDecoder(self.bundle.vae, (frames, cfg.height, cfg.width), DecodeWorkerConfig(
+            queue_size=cfg.decode_queue_size, threads=decode_threads, device=str(where),
+            segment_size=cfg.decode_segment_size, max_restarts=cfg.decode_max_restarts))
+        return self._decoder
+
+    def close(self) -> None:
+        """Stop the decode worker (async decode) and restore the thread count. Idempotent."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+
+    def __enter__(self) -> WorldSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ---- API ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def reset(self, image, prompt) -> np.ndarray:
@@ -204,22 +270,72 @@ class WorldSession:
         z0 = b.vae.encode(video).to(cfg.torch_dtype)  # [1, C, 1, h, w], normalised
         t2 = time.perf_counter()
         self.state = new_state(b, cfg, z0, context)
-        self._cache = b.vae.new_decode_cache()
-        frames = frames_to_uint8(b.vae.stream_decode(z0, self._cache, first_chunk=True,
-                                                     segment_size=cfg.decode_segment_size))
+        self._submitted.clear()
+        if cfg.async_decode:
+            decoder = self._async_decoder()
+            decoder.submit(z0, first_chunk=True, clip_idx=-1)
+            frames = decoder.get()
+        else:
+            self._cache = b.vae.new_decode_cache()
+            frames = frames_to_uint8(b.vae.stream_decode(z0, self._cache, first_chunk=True,
+                                                         segment_size=cfg.decode_segment_size))
         self._frames, self._last = len(frames), None
         self._timings = {"prepare": t1 - t0, "encode": t2 - t1, "decode": time.perf_counter() - t2}
         return frames
 
-    @torch.inference_mode()
     def step(self, keyboard, mouse=None) -> np.ndarray:
         """Next clip: keyboard [N, 6], mouse [N, 2] (or single rows, held) -> uint8 [N, H, W, 3]."""
+        if self._submitted:
+            raise RuntimeError(f"step(): {len(self._submitted)} submitted clip(s) wait for next_frames()")
+        self.submit(keyboard, mouse)
+        return self.next_frames()
+
+    @torch.inference_mode()
+    def submit(self, keyboard, mouse=None) -> int:
+        """Sample the next clip (same actions as `step`) and queue its decoding -> the clip index.
+
+        Sync decode: the frames are decoded here; async: the worker decodes while the caller continues.
+        Take the frames with `next_frames()`, in submission order.
+        """
+        self._require()
+        if self.cfg.async_decode and self._decoder is None:
+            raise RuntimeError("the session was closed (decode worker stopped): call reset() to start again")
+        if len(self._submitted) >= self.cfg.decode_queue_size:
+            raise RuntimeError(f"submit(): {len(self._submitted)} clips wait for next_frames() "
+                               f"(decode_queue_size={self.cfg.decode_queue_size}); take frames first")
         kb, ms = self._rows(keyboard, mouse)
         latents, info = rollout_clip(self.bundle, self.state, (kb, ms), self.cfg)
         t0 = time.perf_counter()
-        frames = frames_to_uint8(self.bundle.vae.stream_decode(latents, self._cache, first_chunk=False,
-                                                               segment_size=self.cfg.decode_segment_size))
-        timings = {**info.timings, "decode": time.perf_counter() - t0}
+        if self._decoder is None:
+            frames = frames_to_uint8(self.bundle.vae.stream_decode(latents, self._cache, first_chunk=False,
+                                                                   segment_size=self.cfg.decode_segment_size))
+            self._submitted.append(_Submitted(info, frames, time.perf_counter() - t0))
+            return info.clip
+        # registered first: a consumer thread may take the frames before decoder.submit returns
+        entry = _Submitted(info, None, 0.0)
+        self._submitted.append(entry)
+        try:
+            self._decoder.submit(latents, first_chunk=False, clip_idx=info.clip)
+        except BaseException:
+            self._submitted.remove(entry)
+            raise
+        return info.clip
+
+    def next_frames(self, timeout: float | None = None) -> np.ndarray:
+        """Frames of the oldest submitted clip, uint8 [N, H, W, 3], once decoded (async: may wait; a
+        crashed decode worker is restarted on the way). May run in another thread than `submit`."""
+        if not self._submitted:
+            raise RuntimeError("next_frames(): no clip submitted (call submit or step)")
+        entry = self._submitted[0]
+        t0 = time.perf_counter()
+        if entry.frames is None:
+            frames = self._decoder.get(timeout)
+            extra = {"decode": self._decoder.last_decode_s, "decode_wait": time.perf_counter() - t0}
+        else:
+            frames, extra = entry.frames, {"decode": entry.decode_s}
+        self._submitted.popleft()
+        info = entry.info
+        timings = {**info.timings, **extra}
         self._frames += len(frames)
         self._last = ClipInfo(info.clip, info.window, info.new_frames, info.new_latents, info.memory, timings)
         self._timings = timings

@@ -44,6 +44,7 @@ import numpy as np
 
 TARGET_FPS = 32.0  # issue 5: >= 32 FPS with memory and decoding
 TARGET_P50_S = 0.5  # issue 5: p50 action-to-frame latency <= 0.5 s
+MIN_BIN_SHARE = 0.25  # a last, partial long-session bin shorter than this share of a bin is dropped
 FLAT_TOLERANCE = 0.10  # "flat": the FPS trend fitted over the full 1-minute bins changes < 10% end to end
 
 
@@ -233,7 +234,7 @@ def bins(run: list[dict[str, Any]], bin_s: float) -> list[dict[str, Any]]:
     for i in range(int(np.ceil((t_end - t0) / bin_s))):
         lo, hi = t0 + i * bin_s, min(t0 + (i + 1) * bin_s, t_end)
         rs = [r for r in timed if lo <= r["done"] < hi or (r is timed[-1] and hi == t_end)]
-        if not rs:
+        if not rs or hi - lo < MIN_BIN_SHARE * bin_s:  # the stream's last seconds: too short to rate
             continue
         lat = [r["done"] - r["submit"] for r in rs]
         out.append({"minute": i + 1, "seconds": hi - lo, "full": hi - lo >= bin_s * 0.999,
@@ -455,6 +456,8 @@ def to_markdown(res: dict[str, Any]) -> str:
                   "RSS MB (main / worker) | load avg |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for b in long:
+            if not b["full"] and b["seconds"] < MIN_BIN_SHARE * cfg["bin_seconds"]:
+                continue
             part = "" if b["full"] else f" ({b['seconds']:.0f} s)"
             lines.append(f"| {b['minute']}{part} | {b['fps']:.1f} | {b['clips']} | {b['latency_p50']:.3f} | "
                          f"{b['sample_s']:.3f} | {b['cpu_s']:.3f} | {b['retrieval_ms']:.1f} | "

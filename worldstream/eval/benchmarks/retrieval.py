@@ -198,10 +198,10 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    from worldstream.utils.io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # temp + fsync + rename, temp removed on failure
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -162,15 +162,20 @@ def _checkpoint_dir(directory: str | os.PathLike) -> Path:
     return d
 
 
+def load_config_json(directory: str | os.PathLike) -> Any:
+    """The folder's config.json as parsed JSON (errors name the file); `load_config` builds the dataclass."""
+    return _read_json(_checkpoint_dir(directory) / CONFIG_FILE, "checkpoint config")
+
+
 def load_config(directory: str | os.PathLike, expected_type: type | None = None,
                 expected_preset: str | None = None) -> Any:
     """The checkpoint's config dataclass (type/preset checked when expected_* are given)."""
     path = _checkpoint_dir(directory) / CONFIG_FILE
-    return config_from_dict(_read_json(path, "checkpoint config"), expected_type, expected_preset, str(path))
+    return config_from_dict(load_config_json(directory), expected_type, expected_preset, str(path))
 
 
 def load_preset(directory: str | os.PathLike) -> str | None:
-    return _read_json(_checkpoint_dir(directory) / CONFIG_FILE, "checkpoint config").get("preset")
+    return load_config_json(directory).get("preset")
 
 
 def load_meta(directory: str | os.PathLike) -> dict[str, Any]:

@@ -136,6 +136,30 @@ def test_resume_skips_done_and_reencodes_missing(cached):
                                                               stats_clips=2), progress=False)
 
 
+def test_vae_folder_is_a_checkpoint_and_the_flat_layout_resumes(cached, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from worldstream.checkpoint import load_config_json, load_meta
+
+    src, out = cached
+    assert load_config_json(out / "vae")["type"] == "worldstream.model.vae.VAEConfig"  # VAE.save layout
+    assert load_meta(out / "vae")["source"] == str(src.parent / "trained_vae")
+    vae = VAE.load(out / "vae")
+    # a cache written before (flat config.json + model.safetensors) reads and resumes unchanged
+    old = tmp_path / "latents"
+    shutil.copytree(out, old)
+    shutil.rmtree(old / "vae")
+    (old / "vae").mkdir()
+    (old / "vae" / "config.json").write_text(json.dumps(vae.cfg.to_dict()))
+    save_file(vae.state_dict(), old / "vae" / "model.safetensors")
+    assert load_vae(old / "vae").cfg == vae.cfg
+    cfg = CacheConfig(storage="float32", chunk_latents=1, stats_clips=2)
+    for given in (old / "vae", src.parent / "trained_vae"):
+        assert cache_latents(src, old, given, cfg=cfg, progress=False)["skipped_done"] == 2
+
+
 def test_bf16_storage_round_trip(tmp_path):
     x = torch.randn(4, 3, 2, 3) * 3
     arr = latents_to_storage(x, "bfloat16")

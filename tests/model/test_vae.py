@@ -426,6 +426,59 @@ def test_config_roundtrip_and_latent_stats():
         preset("huge")
 
 
+def test_forward_modes_train_and_decode_only():
+    vae = random_vae(TINY).train()
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    recon, mu, _ = vae(video, sample=False)
+    torch.testing.assert_close(vae(z=mu), recon, rtol=0, atol=0)  # the decoder half of the video pass
+    assert torch.equal(vae(z=mu), vae.decode_raw(mu)) and recon.shape == video.shape
+    # decode-only is the unclamped, un-normalised counterpart of decode(): equal where decode() is inside (-1, 1)
+    with torch.no_grad():
+        shown = vae.decode(vae.normalise(mu), segment_size=mu.shape[2])
+    inside = shown.abs() < 1
+    assert maxdiff(shown[inside], vae(z=mu).detach()[inside]) < 1e-5
+    with pytest.raises(ValueError, match="either a video"):
+        vae(video, z=mu)
+    with pytest.raises(ValueError, match="either a video"):
+        vae()
+    with pytest.raises(ValueError, match=r"z must be \[B, z_dim, T, h, w\]"):
+        vae(z=torch.zeros(1, 3, 2, 2, 2))
+
+
+def test_save_load_folder_and_the_flat_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    from worldstream.checkpoint import load_config_json, load_meta
+
+    cfg = TINY.with_latent_stats(torch.randn(4, TINY.z_dim, 3, 2, 2))
+    vae = random_vae(cfg).to(torch.bfloat16)
+    vae.save(tmp_path / "vae", preset="tiny", meta={"source": "test"})
+    assert load_config_json(tmp_path / "vae")["type"] == "worldstream.model.vae.VAEConfig"
+    assert load_meta(tmp_path / "vae")["source"] == "test"
+    back = VAE.load(tmp_path / "vae")
+    assert back.cfg == cfg and not back.training and back.dtype == torch.float32  # stored float32
+    for k, v in vae.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v.float()), k
+    assert VAE.load(tmp_path / "vae", dtype=torch.bfloat16).dtype == torch.bfloat16
+    # the flat layout the first latent caches wrote (config.json = VAEConfig fields) still loads
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file({k: v.float().contiguous() for k, v in vae.state_dict().items()}, flat / "model.safetensors")
+    old = VAE.load(flat)
+    assert old.cfg == cfg and all(torch.equal(old.state_dict()[k], v) for k, v in back.state_dict().items())
+    # clear errors: other weights, another config type, no folder
+    (flat / "config.json").write_text(json.dumps(dataclasses.replace(cfg, dec_dim=8).to_dict()))
+    with pytest.raises(ValueError, match="has shape"):
+        VAE.load(flat)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"type": "worldstream.x.Y", "config": {}}))
+    with pytest.raises(ValueError, match="expected worldstream.model.vae.VAEConfig"):
+        VAE.load(tmp_path / "other")
+    with pytest.raises(NotADirectoryError):
+        VAE.load(tmp_path / "missing")
+
+
 def test_bench_vae_small():
     from worldstream.eval.benchmarks.model import bench_vae, vae_markdown
 

@@ -120,6 +120,83 @@ def test_lightvae_distillation_reduces_gap(rate):
     assert all(p.grad is None for p in student.encoder.parameters())
 
 
+def _old_decoder_pass(vae: VAE, z: torch.Tensor) -> torch.Tensor:
+    """The student pass LightVAEObjective made before `VAE.forward(z=...)`: decoder called directly."""
+    from worldstream.model.vae import unpatchify
+
+    return unpatchify(vae.decoder(vae.conv2(z.to(vae.dtype)), None, first_chunk=True), vae.cfg.patch_size)
+
+
+def _lightvae_pair(seed: int = 0) -> tuple[VAE, VAE]:
+    torch.manual_seed(seed)
+    teacher = VAE(TINY).init_weights().eval().requires_grad_(False)
+    student = prune_decoder(teacher, 0.5)
+    student.encoder.requires_grad_(False)
+    student.conv1.requires_grad_(False)
+    return teacher, student
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_lightvae_loss_unchanged_by_the_forward_decode(bf16):
+    teacher, student = _lightvae_pair()
+    x = smooth_video(5)
+    c = LightVAEObjectiveConfig(teacher_weight=1.0, gt_weight=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = LightVAEObjective(c)(ModelBundle({"teacher": teacher, "student": student}), x, 0)
+        with torch.no_grad():
+            mu = teacher.moments(x)[0]
+            target = _old_decoder_pass(teacher, mu).float().clamp(-1, 1)
+        out = _old_decoder_pass(student, mu).float()
+    ref = c.teacher_weight * (out - target).abs().mean() + c.gt_weight * (out - x).abs().mean()
+    assert float(loss.detach()) == float(ref.detach())  # bit-identical
+    grads = torch.autograd.grad(loss, [p for p in student.parameters() if p.requires_grad])
+    refs = torch.autograd.grad(ref, [p for p in student.parameters() if p.requires_grad])
+    assert all(torch.equal(a, b) for a, b in zip(grads, refs))
+
+
+def _lightvae_ddp_worker(rank, world, port, result):
+    import os
+
+    from worldstream.parallel.dist import init_distributed, read_dist_env
+    from worldstream.parallel.parallelize import parallelize
+    from worldstream.train.config import ParallelConfig
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    env = read_dist_env()
+    device, created = init_distributed(env, "gloo")
+    assert created
+    teacher, student = _lightvae_pair()
+    bundle = ModelBundle({"teacher": teacher, "student": student})
+    bundle.trained = ("student",)
+    assert parallelize(bundle, ParallelConfig(mode="ddp"), world, device) == "ddp"
+    x = smooth_video(5, B=2 * world)[rank * 2 : rank * 2 + 2]  # this rank's half of the global batch
+    loss, _ = LightVAEObjective(LightVAEObjectiveConfig())(bundle, x, 0)
+    loss.backward()
+    if rank == 0:
+        torch.save([p.grad.clone() for p in student.parameters() if p.requires_grad], result)
+    torch.distributed.destroy_process_group()
+
+
+def test_lightvae_objective_ddp_two_processes_match_one(tmp_path):
+    import socket
+
+    teacher, student = _lightvae_pair()
+    loss, _ = LightVAEObjective(LightVAEObjectiveConfig())(ModelBundle({"teacher": teacher, "student": student}),
+                                                           smooth_video(5, B=4), 0)
+    loss.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_lightvae_ddp_worker, args=(2, port, tmp_path / "grads.pt"), nprocs=2, join=True)
+    two = torch.load(tmp_path / "grads.pt", weights_only=True)
+    one = [p.grad for p in student.parameters() if p.requires_grad]
+    assert len(one) == len(two) and all(g is not None for g in one)
+    for a, b in zip(one, two):  # DDP averaged the two half-batch gradients through forward(z=...)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 # -------------------------------------------------------------------------------------------------
 # recipes: data and a tiny end-to-end run
 

@@ -16,8 +16,10 @@ DIR/shard-000000.tar      plain tar, members grouped by sample key (WebDataset s
 DIR/index.json            per shard: samples, frames (pixel), bytes, sha256,
                           config {source_sha256, source_skipped, source_errors}
                           + dataset: source dir, VAE (path, weights, config), cache settings (text, storage)
-DIR/vae/config.json       the VAEConfig the latents were normalised with (per-channel latent_mean/latent_std)
-DIR/vae/model.safetensors its weights: decode generated latents with exactly this VAE
+DIR/vae/                  the VAE the latents were normalised with (per-channel latent_mean/latent_std in its
+                          config): decode generated latents with exactly this VAE. A checkpoint folder
+                          (`VAE.save`: config.json, model.safetensors float32, meta.json); caches written
+                          before had a flat config.json (the VAEConfig fields): `VAE.load` reads both
 ```
 Notable:
 * Normalisation: latents are stored normalised, z = (mu - mean) / std. When the trained VAE has no
@@ -29,17 +31,16 @@ Notable:
   replaced atomically; a re-run skips every shard whose index entry names the same source sha256.
   A run with other settings into the same directory is refused, naming the settings.
 * Lenient reading (default): a corrupt latent shard or sample is skipped with a `CorruptShardWarning`
-  and counted in `reader.stats` (`ReadStats`); `strict=True` raises `ShardError` instead.
+  and counted in `reader.stats` (`ReadStats`); `strict=True` raises `ShardError` instead. Reading and
+  writing use the tar core of shards.py (`iter_shard_samples`, `write_shard_samples`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import sys
-import tarfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -55,17 +56,14 @@ from worldstream.data.shards import (
     ReadStats,
     ShardError,
     ShardInfo,
-    _HashingReader,
-    _iter_members,
-    _tar_member,
+    iter_shard_samples,
     list_shards,
     load_index,
     load_npz,
     npz_bytes,
     record_shard,
-    sha256_file,
+    write_shard_samples,
 )
-from worldstream.utils.io import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +74,7 @@ if TYPE_CHECKING:
 
 LATENT_SCHEMA_VERSION = 1  # bump on an incompatible change of the members below
 EXT_LATENTS, EXT_JSON = "latents.npz", "json"
-VAE_DIR = "vae"  # DIR/vae/{config.json, model.safetensors}
+VAE_DIR = "vae"  # DIR/vae/{config.json, model.safetensors, meta.json}: `VAE.save` / `VAE.load`
 LATENT_ARRAYS = ("latents", "c2w", "intrinsics", "keyboard", "mouse", "text", "text_length")
 StorageDtype = Literal["bfloat16", "float32"]
 
@@ -263,22 +261,8 @@ def sample_from_members(key: str, members: dict[str, bytes], shard: str | Path =
 def write_latent_shard(path: str | Path, samples: Iterator[LatentSample], storage: StorageDtype,
                        npz_level: int = 1, config: dict[str, Any] | None = None) -> ShardInfo:
     """Write samples to one tar shard atomically (temp + os.replace); returns its index entry."""
-    path = Path(path)
-    n = frames = 0
-    keys: set[str] = set()
-    with atomic_path(path) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for s in samples:
-                if s.key in keys:
-                    raise ValueError(f"{path}: duplicate sample key {s.key!r}")
-                keys.add(s.key)
-                for name, data in sample_to_members(s, storage, npz_level):
-                    tf.addfile(_tar_member(name, len(data)), io.BytesIO(data))
-                n += 1
-                frames += s.num_frames
-        info = ShardInfo(samples=n, frames=frames, bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
-                         config=dict(config or {}))
-    return info
+    return write_shard_samples(path, samples, lambda s: sample_to_members(s, storage, npz_level),
+                               config=config, kind="sample")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -288,53 +272,7 @@ def write_latent_shard(path: str | Path, samples: Iterator[LatentSample], storag
 def iter_latent_shard(path: str | Path, *, strict: bool = False, expected: dict[str, Any] | None = None,
                       stats: ReadStats | None = None) -> Iterator[LatentSample]:
     """Yield the samples of one latent shard; lenient by default (warn, count, skip), see the docstring."""
-    path = Path(path)
-    stats = stats if stats is not None else ReadStats()
-
-    def fail(err: ShardError, sample: bool) -> None:
-        if strict:
-            raise err
-        stats.record(err)
-        if sample:
-            stats.samples_skipped += 1
-        else:
-            stats.shards_failed += 1
-        warnings.warn(f"skipping {'sample' if sample else 'shard'}: {err}", CorruptShardWarning, stacklevel=3)
-
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        fail(ShardError(path, f"cannot open ({e})"), sample=False)
-        return
-    with f:
-        reader, seen = _HashingReader(f), 0
-        try:
-            tf = tarfile.open(fileobj=reader, mode="r|")
-            for key, group in _iter_members(path, tf):
-                seen += 1
-                try:
-                    sample = sample_from_members(key, group, shard=path)
-                except ShardError as err:
-                    fail(err, sample=True)
-                    continue
-                stats.samples_ok += 1
-                yield sample
-        except ShardError as err:
-            fail(err, sample=False)
-            return
-        except (tarfile.TarError, EOFError, OSError) as e:
-            fail(ShardError(path, f"not a readable tar ({type(e).__name__}: {e})"), sample=False)
-            return
-        digest = reader.finish()
-        if expected:
-            if expected.get("samples") is not None and seen != expected["samples"]:
-                fail(ShardError(path, f"holds {seen} samples, index.json says {expected['samples']}"), False)
-                return
-            if expected.get("sha256") and digest != expected["sha256"]:
-                fail(ShardError(path, f"sha256 {digest[:12]}... differs from index.json "
-                                      f"{expected['sha256'][:12]}... (corrupt shard)"), False)
-                return
-        stats.shards_ok += 1
+    return iter_shard_samples(path, sample_from_members, strict=strict, expected=expected, stats=stats)
 
 
 class LatentShardReader:
@@ -370,31 +308,20 @@ class LatentShardReader:
 
 
 def load_vae(path: str | Path, weights: Literal["ema", "raw"] = "ema") -> VAE:
-    """A VAE folder (config.json = VAEConfig + model.safetensors, e.g. DIR/vae), a run or a checkpoint."""
-    from safetensors.torch import load_file
-
-    from worldstream.model.vae import VAE, VAEConfig
+    """A VAE folder (config.json + model.safetensors, e.g. DIR/vae: `VAE.load`), a run or a checkpoint."""
+    from worldstream.model.vae import VAE
 
     path = Path(path)
     if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
-        vae = VAE(VAEConfig.from_dict(json.loads((path / "config.json").read_text())))
-        vae.load_state_dict(load_file(path / "model.safetensors"))
-        return vae.eval()
+        return VAE.load(path)
     from worldstream.train.recipes.nano_vae import load_run_vae
 
     return load_run_vae(path, weights)
 
 
-def save_vae(vae: VAE, directory: str | Path) -> None:
-    """DIR/{config.json, model.safetensors} (float32 weights), each file written atomically."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous() for k, v in vae.state_dict().items()}
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, tmp)
-    atomic_write_json(directory / "config.json", vae.cfg.to_dict())
+def save_vae(vae: VAE, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """`vae.save`: a checkpoint folder (config.json, model.safetensors float32, meta.json), atomic."""
+    return vae.save(directory, meta=meta)
 
 
 def compute_vae(vae: VAE, dtype: StorageDtype) -> VAE:
@@ -545,7 +472,7 @@ def prepare_vae(vae_path: str | Path, weights: str, out: Path, data_root: Path, 
         with_stats = VAE(stats_cfg)
         with_stats.load_state_dict(vae.state_dict())
         vae = with_stats.eval()
-    save_vae(vae, out / VAE_DIR)
+    save_vae(vae, out / VAE_DIR, meta={"source": str(vae_path), "weights": weights})
     return compute_vae(load_vae(out / VAE_DIR), cfg.compute_dtype)
 
 

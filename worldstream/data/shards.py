@@ -18,6 +18,8 @@ Notable:
 * Reader: streams a tar once (O(sample) memory), hashes it on the way and checks the sha256 and the
   sample count recorded in index.json. A bad shard or sample raises `ShardError` naming shard and
   member (strict), or is skipped with a `CorruptShardWarning` and counted in `ReadStats` (lenient).
+* One tar core for every shard kind: `write_shard_samples` / `iter_shard_samples` take the per-sample
+  encode / decode functions; clip shards (here) and latent shards (cache_latents.py) both use them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -53,6 +55,19 @@ HASH_CHUNK = 1 << 20  # bytes per read when hashing a shard
 MAX_RECORDED_ERRORS = 100  # ReadStats keeps the first messages only
 
 VideoFormat = Literal["npz", "mp4"]
+
+
+class ShardSample(Protocol):
+    """What the shard writer needs of a sample (Clip, cache_latents.LatentSample)."""
+
+    key: str
+
+    @property
+    def num_frames(self) -> int: ...
+
+
+SampleT = TypeVar("SampleT")  # what a reader's decode returns
+WrittenT = TypeVar("WrittenT", bound=ShardSample)
 
 
 @dataclass(frozen=True)
@@ -359,28 +374,40 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def write_shard_samples(path: str | Path, samples: Iterable[WrittenT],
+                        encode: Callable[[WrittenT], list[tuple[str, bytes]]], *,
+                        config: dict[str, Any] | None = None, kind: str = "sample") -> ShardInfo:
+    """Write samples to one tar shard atomically (temp `*.tar.tmp-<pid>` + os.replace) -> its index entry.
+
+    The writer of every shard kind (clips here, latents in cache_latents.py): `encode(sample)` gives the
+    sample's [(member name, bytes)]; `samples` may be a generator (each sample is written as it arrives).
+    """
+    path = Path(path)
+    n = frames = 0
+    keys: set[str] = set()
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for sample in samples:
+                if sample.key in keys:
+                    raise ValueError(f"{path}: duplicate {kind} key {sample.key!r}")
+                keys.add(sample.key)
+                for name, data in encode(sample):
+                    tf.addfile(_tar_member(name, len(data)), io.BytesIO(data))
+                n += 1
+                frames += sample.num_frames
+        info = ShardInfo(samples=n, frames=frames, bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
+                         config=dict(config or {}))
+    return info
+
+
 def write_shard(path: str | Path, clips: Iterable[Clip], cfg: ShardConfig = ShardConfig(),
                 config: dict[str, Any] | None = None) -> ShardInfo:
     """Write clips to one tar shard atomically (temp `*.tar.tmp-<pid>` + os.replace); returns its index entry.
 
     `clips` may be a generator: each clip is encoded and written as it arrives.
     """
-    path = Path(path)
-    samples = frames = 0
-    keys: set[str] = set()
-    with atomic_path(path) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for clip in clips:
-                if clip.key in keys:
-                    raise ValueError(f"{path}: duplicate clip key {clip.key!r}")
-                keys.add(clip.key)
-                for name, data in clip_to_members(clip, cfg):
-                    tf.addfile(_tar_member(name, len(data)), io.BytesIO(data))
-                samples += 1
-                frames += clip.num_frames
-        info = ShardInfo(samples=samples, frames=frames, bytes=tmp.stat().st_size, sha256=sha256_file(tmp),
-                         config=dict(config or {}))
-    return info
+    return write_shard_samples(path, clips, lambda clip: clip_to_members(clip, cfg), config=config,
+                               kind="clip")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -443,9 +470,11 @@ def _iter_members(path: Path, tf: tarfile.TarFile) -> Iterator[tuple[str, dict[s
         yield key, group
 
 
-def iter_shard(path: str | Path, *, strict: bool = False, with_video: bool = True,
-               expected: dict[str, Any] | None = None, stats: ReadStats | None = None) -> Iterator[Clip]:
-    """Yield the clips of one shard.
+def iter_shard_samples(path: str | Path, decode: Callable[[str, dict[str, bytes], Path], SampleT], *,
+                       strict: bool = False, expected: dict[str, Any] | None = None,
+                       stats: ReadStats | None = None) -> Iterator[SampleT]:
+    """Yield `decode(key, {ext: bytes}, path)` for each sample of one shard: the reader of every shard kind
+    (clips here, latents in cache_latents.py). `decode` raises ShardError for a bad sample.
 
     expected: the shard's index.json entry; its `sha256` and `samples` are checked after the last member.
     strict: raise ShardError on the first problem; else warn (CorruptShardWarning), count in `stats`,
@@ -477,12 +506,12 @@ def iter_shard(path: str | Path, *, strict: bool = False, with_video: bool = Tru
             for key, group in _iter_members(path, tf):
                 seen += 1
                 try:
-                    clip = clip_from_members(key, group, with_video=with_video, shard=path)
+                    sample = decode(key, group, path)
                 except ShardError as err:
                     fail(err, sample=True)
                     continue
                 stats.samples_ok += 1
-                yield clip
+                yield sample
         except ShardError as err:
             fail(err, sample=False)
             return
@@ -500,6 +529,16 @@ def iter_shard(path: str | Path, *, strict: bool = False, with_video: bool = Tru
                                       f"{expected['sha256'][:12]}... (corrupt shard)"), sample=False)
                 return
         stats.shards_ok += 1
+
+
+def iter_shard(path: str | Path, *, strict: bool = False, with_video: bool = True,
+               expected: dict[str, Any] | None = None, stats: ReadStats | None = None) -> Iterator[Clip]:
+    """Yield the clips of one shard (`iter_shard_samples` with `clip_from_members`; same arguments)."""
+
+    def decode(key: str, members: dict[str, bytes], shard: Path) -> Clip:
+        return clip_from_members(key, members, with_video=with_video, shard=shard)
+
+    return iter_shard_samples(path, decode, strict=strict, expected=expected, stats=stats)
 
 
 def verify_shard(path: str | Path, expected_keys: list[str] | None = None,

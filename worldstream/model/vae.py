@@ -22,6 +22,10 @@ Notable features (official behaviour unless marked "ours"):
   builds a pruned decoder from a full one by channel importance, so distillation starts from it.
 * Latent normalisation constants live in the config (`latent_mean`, `latent_std`): the Wan2.2 numbers for
   the mg3 presets, identity (None) or data estimates (`with_latent_stats`, ours) for other z_dims.
+* Training (ours): `forward(video)` -> (reconstruction, mu, logvar) in one pass, `forward(z=latents)` ->
+  the decode-only pass of LightVAE distillation (`decode_raw`); both go through `forward`, so DDP/FSDP2
+  can wrap the module. `VAE.save(dir)` / `VAE.load(dir)`: self-describing checkpoint folders
+  (worldstream/checkpoint.py).
 * Speed (ours): convolutions run in the model's memory format; `VAE.to_channels_last()` switches to
   channels_last_3d, which is several times faster for bf16 on CPUs with AMX.
 
@@ -924,17 +928,75 @@ class VAE(nn.Module):
         )
 
     # ---- training ----------------------------------------------------------------------------------------
-    def forward(
-        self, video: torch.Tensor, sample: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass in one go (ours): video -> (reconstruction, mu, logvar), raw, in the parameter dtype.
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Differentiable one-pass decode of *raw* latents z [B, z, T, h, w] -> [B, 3, 4T - 3, H, W] (ours).
 
-        z = mu + exp(logvar / 2) * eps when `sample` (else mu); the reconstruction is not clamped.
+        The decoder half of a training pass: first-chunk rule, no de-normalisation, no clamp, parameter
+        dtype. A wrapped module (DDP, FSDP2) only hooks `forward`: call it as `module(z=z)` there.
         """
+        x = self.decoder(self.conv2(z.to(self.dtype)), None, first_chunk=True)  # [B, 12, F, H/2, W/2]
+        return unpatchify(x, self.cfg.patch_size)
+
+    def forward(
+        self, video: torch.Tensor | None = None, sample: bool = True, *, z: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Training pass in one go (ours), raw and in the parameter dtype; one of two inputs:
+
+        * `video` -> (reconstruction, mu, logvar): z = mu + exp(logvar / 2) * eps when `sample` (else mu),
+          decoded by `decode_raw`; the reconstruction is not clamped (VAE training).
+        * `z=` raw latents -> reconstruction only (`decode_raw`): the decode-only pass of LightVAE
+          distillation, through `forward` so that a DDP/FSDP wrapper sees it.
+        """
+        if (video is None) == (z is None):
+            raise ValueError("VAE.forward: pass either a video (encode + decode) or z= latents (decode only)")
+        if z is not None:
+            _expect("z", z, "[B, z_dim, T, h, w]", (None, self.cfg.z_dim, None, None, None))
+            return self.decode_raw(z)
         mu, logvar = self.moments(video)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        x = self.decoder(self.conv2(z), None, first_chunk=True)
-        return unpatchify(x, self.cfg.patch_size), mu, logvar
+        return self.decode_raw(z), mu, logvar
+
+    # ---- folders -----------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, *, preset: str | None = None,
+             meta: dict[str, Any] | None = None) -> Path:
+        """Write a self-describing checkpoint folder (worldstream/checkpoint.py `save_checkpoint`, atomic):
+        config.json {"type", "preset", "config": VAEConfig}, model.safetensors (float32), meta.json.
+        The layout of checkpoints/nano/{vae,lightvae}/ and of a latent cache's DIR/vae/."""
+        from worldstream.checkpoint import save_checkpoint
+
+        state = {k: v.detach().float() if v.is_floating_point() else v.detach()
+                 for k, v in self.state_dict().items()}
+        return save_checkpoint(directory, state, self.cfg, meta=meta, preset=preset)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None) -> VAE:
+        """A VAE folder -> VAE (eval mode; the file's dtypes unless `dtype`): a `save` folder, or the older
+        flat layout (config.json = `VAEConfig.to_dict()`, which the first latent caches wrote to DIR/vae).
+        Keys and shapes are checked with clear errors (`checkpoint.load_into`)."""
+        from worldstream.checkpoint import (
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+            from_pretrained,
+            load_config_json,
+            load_into,
+            load_state_dict_file,
+            params_on_meta,
+        )
+
+        directory = Path(directory)
+        data = load_config_json(directory)
+        if not isinstance(data, dict):
+            raise ValueError(f"{directory / CONFIG_FILE}: expected a JSON object, got {type(data).__name__}")
+        if "type" in data and "config" in data:  # checkpoint.py layout
+            vae = from_pretrained(directory, cls, expected_type=VAEConfig, device=device, dtype=dtype)
+            return vae.eval()
+        cfg = VAEConfig.from_dict(data)  # flat layout
+        with params_on_meta():
+            vae = cls(cfg)
+        weights = directory / WEIGHTS_FILE
+        vae = load_into(vae, load_state_dict_file(weights, device), str(weights)).to(device)
+        return (vae.to(dtype) if dtype is not None else vae).eval()
 
 
 class LightVAE(nn.Module):

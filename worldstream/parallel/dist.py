@@ -13,17 +13,22 @@ Notable:
   collectives gloo has had for years (all_to_all_single, all_gather).
 * Nothing here imports the model; worldstream/model/ never imports torch.distributed
   (tests/test_lint_rules.py).
+* Joining the torchrun process group (`read_dist_env`, `init_distributed`, `init_from_env`) lives here
+  alone: the trainer and scripts (docs/inference.md) call it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-__all__ = ["all_to_all", "gather_along", "group_rank_size", "init_from_env", "slice_along"]
+__all__ = ["DistEnv", "all_to_all", "gather_along", "group_rank_size", "init_distributed", "init_from_env",
+           "read_dist_env", "slice_along"]
 
 
 def group_rank_size(group: ProcessGroup | None = None) -> tuple[int, int]:
@@ -35,27 +40,59 @@ def group_rank_size(group: ProcessGroup | None = None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a torchrun launch (single process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """RANK / WORLD_SIZE / LOCAL_RANK as set by torchrun (LOCAL_RANK defaults to RANK); single process when
+    absent. Bad values raise ValueError naming them."""
+    environ = os.environ if environ is None else environ
+    try:
+        env = DistEnv(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)),
+                      int(environ.get("LOCAL_RANK", environ.get("RANK", 0))))
+    except ValueError as e:
+        raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK must be integers): {e}") \
+            from None
+    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
+        raise ValueError(f"bad torchrun environment: RANK={env.rank} WORLD_SIZE={env.world_size}")
+    return env
+
+
+def init_distributed(env: DistEnv, backend: str = "auto") -> tuple[torch.device, bool]:
+    """(device, created): cuda:LOCAL_RANK when CUDA exists (made current), else CPU; joins the process group
+    (env:// rendezvous; backend "auto" = NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1 and none exists yet.
+    `created` says whether this call made the group (its owner destroys it)."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if env.world_size == 1 or dist.is_initialized():
+        return device, False
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    return device, True
+
+
 def init_from_env(backend: str = "auto") -> tuple[int, int, torch.device]:
-    """Join the torchrun process group (RANK / WORLD_SIZE / LOCAL_RANK, env:// rendezvous).
+    """Join the torchrun process group (`read_dist_env` + `init_distributed`).
 
     Returns (rank, world_size, device): cuda:LOCAL_RANK with NCCL when CUDA exists, else CPU with gloo.
     A single process (no WORLD_SIZE, or 1) initialises nothing.
     """
-    try:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except ValueError as e:
-        raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK must be integers): {e}") \
-            from None
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"bad torchrun environment: RANK={rank} WORLD_SIZE={world}")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=("nccl" if cuda else "gloo") if backend == "auto" else backend)
-    return rank, world, device
+    env = read_dist_env()
+    device, _ = init_distributed(env, backend)
+    return env.rank, env.world_size, device
 
 
 def _chunks(x: torch.Tensor, n: int, dim: int, what: str) -> tuple[torch.Tensor, ...]:

@@ -55,6 +55,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from worldstream.parallel.dist import DistEnv, init_distributed, read_dist_env  # noqa: F401 (DistEnv re-exported)
 from worldstream.parallel.parallelize import (
     full_state_dict,
     load_full_state_dict,
@@ -81,49 +82,6 @@ class NonFiniteError(RuntimeError):
 
 class ConfigChangedWarning(UserWarning):
     """The resumed run's config differs from the checkpoint's."""
-
-
-# -------------------------------------------------------------------------------------------------
-# distributed environment (torchrun)
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """RANK / WORLD_SIZE / LOCAL_RANK as set by torchrun; single process when absent."""
-    environ = os.environ if environ is None else environ
-    try:
-        env = DistEnv(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)),
-                      int(environ.get("LOCAL_RANK", environ.get("RANK", 0))))
-    except ValueError as e:
-        raise ValueError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK must be integers): {e}") \
-            from None
-    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
-        raise ValueError(f"bad torchrun environment: RANK={env.rank} WORLD_SIZE={env.world_size}")
-    return env
-
-
-def init_distributed(env: DistEnv, backend: str) -> tuple[torch.device, bool]:
-    """(device, created): join the process group when WORLD_SIZE > 1 (env:// rendezvous)."""
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if env.world_size == 1 or torch.distributed.is_initialized():
-        return device, False
-    if backend == "auto":
-        backend = "nccl" if cuda else "gloo"
-    torch.distributed.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
-    return device, True
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ Every reader (RealEstate10K, poses.npy, nerfstudio) produces c2w in a *right-han
   k (source units -> pose units) is `IngestConfig.scale` or `estimate_speed_scale`: the median
   horizontal step of the moving frames becomes MG3's 12.35 per frame (W held).
 * Actions: `infer_actions` on the MG3 c2w with the circular yaw average (real geometry).
+* Frames: `read_clip_frames` (image files, a video file, or none) and the size the intrinsics refer to,
+  shared by the readers.
 """
 
 from __future__ import annotations
@@ -220,6 +222,25 @@ def load_video_frames(path: str | Path, indices: np.ndarray | None, times_s: np.
                                 f"({len(missing)} requested frames missing)")
     frames = [picked[int(i)] for i in indices]
     return resize_frames(frames, size, str(path)), (int(H), int(W))
+
+
+def read_clip_frames(source: str | Path, cfg: IngestConfig, default_size: tuple[int, int], *,
+                     images: list[Path] | None = None, video: str | Path | None = None,
+                     indices: np.ndarray | None = None, times_s: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray | None, tuple[int, int], tuple[int, int]]:
+    """A reader's frames: image files (one per pose), else frames of a video file (at `indices` or nearest to
+    `times_s`), else none (a poses-only clip). `source` (the camera file) is named in errors.
+
+    Returns (video [T,H,W,3] uint8 at `cfg.size` or None, source (H, W): the frames' or `default_size`,
+    (H, W) the pixel intrinsics refer to: the video's, else `cfg.size` or `default_size`).
+    """
+    frames, src = None, default_size
+    if images is not None:
+        frames, src = load_frames(images, cfg.size, str(source))
+    elif video is not None:
+        frames, src = load_video_frames(video, indices, times_s, cfg.size)
+    size = (int(frames.shape[1]), int(frames.shape[2])) if frames is not None else (cfg.size or default_size)
+    return frames, src, size
 
 
 # ------------------------------------------------------------------------------------------------

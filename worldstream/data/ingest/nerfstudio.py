@@ -22,9 +22,9 @@ from worldstream.data.ingest.common import (
     IngestError,
     check_rotations,
     clip_key,
-    load_frames,
     make_clip,
     natural_key,
+    read_clip_frames,
 )
 from worldstream.data.schema import Clip
 
@@ -102,14 +102,11 @@ def load_clip(path: str | Path, cfg: IngestConfig = DEFAULT_INGEST) -> Clip:
     norm = np.array([k["fl_x"] / k["w"], k["fl_y"] / k["h"], k["cx"] / k["w"], k["cy"] / k["h"]])
     files = [json_path.parent / str(f) if f is not None else None for f in tr["file_paths"]]
     exists = [f is not None and f.is_file() for f in files]
-    frames = None
-    if all(exists):
-        frames, _ = load_frames(files, cfg.size, str(json_path))
-    elif any(exists):
+    if any(exists) and not all(exists):
         missing = files[exists.index(False)]
         raise IngestError(json_path, f"image {missing} is missing "
                                      f"({exists.count(False)} of {len(files)} missing)")
-    size = (int(frames.shape[1]), int(frames.shape[2])) if frames is not None else (cfg.size or src)
+    frames, _, size = read_clip_frames(json_path, cfg, src, images=files if all(exists) else None)
     meta = {"file": str(json_path), "source_size": list(src), "intrinsics_vary": tr["intrinsics_vary"]}
     name = json_path.parent.name if json_path.name == TRANSFORMS_NAME else json_path.stem
     return make_clip(json_path, clip_key("ns", name), "nerfstudio", tr["c2w"], norm, frames, size, cfg, meta)

@@ -24,9 +24,8 @@ from worldstream.data.ingest.common import (
     check_rotations,
     clip_key,
     list_images,
-    load_frames,
-    load_video_frames,
     make_clip,
+    read_clip_frames,
 )
 from worldstream.data.schema import Clip
 
@@ -100,20 +99,17 @@ def load_clip(path: str | Path, cfg: IngestConfig = DEFAULT_INGEST, frames_dir: 
     intr_px, vary = read_intrinsics(poses_path.parent / INTRINSICS_NAME, T)
     if frames_dir is None and video is None and (poses_path.parent / IMAGES_DIR).is_dir():
         frames_dir = poses_path.parent / IMAGES_DIR
-    frames = None
+    images = None
     if frames_dir is not None:
         images = list_images(frames_dir)
         if len(images) != T:
             raise IngestError(poses_path, f"frames directory {frames_dir} has {len(images)} images "
                                           f"for {T} poses")
-        frames, src = load_frames(images, cfg.size, str(poses_path))
-    elif video is not None:
-        frames, src = load_video_frames(video, np.arange(T), None, cfg.size)
-    else:
-        src = (int(round(2 * intr_px[3])), int(round(2 * intr_px[2])))  # principal point at the centre
+    centred = (int(round(2 * intr_px[3])), int(round(2 * intr_px[2])))  # principal point at the centre
+    frames, src, size = read_clip_frames(poses_path, cfg, centred, images=images, video=video,
+                                         indices=np.arange(T))
     fx, fy, cx, cy = intr_px
     norm = np.array([fx / src[1], fy / src[0], cx / src[1], cy / src[0]])
-    size = (int(frames.shape[1]), int(frames.shape[2])) if frames is not None else (cfg.size or src)
     name = poses_path.parent.name if poses_path.name == POSES_NAME else poses_path.stem
     meta = {"file": str(poses_path), "source_size": list(src), "intrinsics_vary": vary}
     return make_clip(poses_path, clip_key("npy", name), "poses_npy", c2w_cv, norm, frames, size, cfg, meta)

@@ -26,9 +26,8 @@ from worldstream.data.ingest.common import (
     check_rotations,
     clip_key,
     list_images,
-    load_frames,
-    load_video_frames,
     make_clip,
+    read_clip_frames,
 )
 from worldstream.data.schema import Clip
 
@@ -134,14 +133,9 @@ def load_clip(path: str | Path, cfg: IngestConfig = DEFAULT_INGEST, frames_dir: 
               video: str | Path | None = None) -> Clip:
     """One camera file (+ optional frames directory or video file) -> Clip."""
     cams = read_camera_file(path, cfg)
-    frames = None
-    size = cfg.size or cfg.default_size
-    if frames_dir is not None:
-        frames, src = load_frames(frames_for(cams, Path(frames_dir)), cfg.size, str(path))
-    elif video is not None:
-        frames, src = load_video_frames(video, None, cams.timestamps_us / US_PER_S, cfg.size)
-    if frames is not None:
-        size = (int(frames.shape[1]), int(frames.shape[2]))
+    images = frames_for(cams, Path(frames_dir)) if frames_dir is not None else None
+    frames, _, size = read_clip_frames(path, cfg, cfg.default_size, images=images, video=video,
+                                       times_s=cams.timestamps_us / US_PER_S)
     dt = np.diff(cams.timestamps_us) / US_PER_S
     intr = cams.intrinsics_norm
     meta = {"url": cams.url, "file": cams.path.name, "timestamps_us": cams.timestamps_us,

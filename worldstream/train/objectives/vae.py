@@ -11,8 +11,9 @@ the weights below are config fields, not facts):
   the same mean latents. Loss = teacher * |student - teacher frames| + gt * |student - x|. The student
   never encodes (a LightVAE encodes with the full encoder), so its encoder is frozen by the recipe.
 
-Both run the networks in one pass over the window (first-chunk rule, `VAE.forward` semantics) under the
-trainer's bf16 autocast; losses are computed in float32. Logged: `l1`, `mse`, `psnr` (dB on [0, 1] pixels),
+Both run the networks in one pass over the window (first-chunk rule, `VAE.forward`: `forward(video)` for the
+VAE, the decode-only `forward(z=mu)` for the student, so both work under DDP) under the trainer's bf16
+autocast; losses are computed in float32. Logged: `l1`, `mse`, `psnr` (dB on [0, 1] pixels),
 `kl`, `mu_std`, `logvar` (VAE); `l1_teacher`, `l1_gt`, `psnr`, `psnr_teacher` (LightVAE).
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worldstream.model.vae import VAE, unpatchify
+from worldstream.model.vae import VAE
 from worldstream.train.objectives import ModelBundle
 
 __all__ = [
@@ -85,10 +86,10 @@ def check_video(video: torch.Tensor, vae: VAE) -> None:
 def decode_train(vae: VAE, z: torch.Tensor) -> torch.Tensor:
     """Differentiable one-pass decode of raw latents z [B, z, T, h, w] -> [B, 3, 4T-3, H, W], unclamped.
 
-    The decoder half of `VAE.forward` (first-chunk rule, no de-normalisation, no clamp), for distillation.
+    `VAE.decode_raw` (first-chunk rule, no de-normalisation, no clamp) on the plain module; a trained,
+    possibly wrapped module is called as `module(z=z)` instead (see `LightVAEObjective`).
     """
-    x = vae.decoder(vae.conv2(z.to(vae.dtype)), None, first_chunk=True)  # [B, 12, F, H/2, W/2]
-    return unpatchify(x, vae.cfg.patch_size)
+    return vae.decode_raw(z)
 
 
 @torch.no_grad()
@@ -158,9 +159,9 @@ class LightVAEObjective:
         with torch.no_grad():
             mu = teacher.moments(x)[0]  # [B, z, T, h, w]
             target = decode_train(teacher, mu).float().clamp(-1.0, 1.0)  # what inference shows
-        # 2. the student decodes the same latents. NOTE a decoder-only pass bypasses a DDP wrapper's
-        # forward, so this objective is single-process (the nano budget); DDP needs a decode forward.
-        out = decode_train(bundle.raw(self.student), mu).float()
+        # 2. the student decodes the same latents: through the module's forward (decode-only mode), so a
+        # DDP/FSDP2 wrapper syncs its gradients
+        out = bundle[self.student](z=mu).float()
         # 3. losses
         l1_t, l1_gt = (out - target).abs().mean(), (out - x).abs().mean()
         loss = c.teacher_weight * l1_t + c.gt_weight * l1_gt

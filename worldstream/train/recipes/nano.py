@@ -9,6 +9,9 @@
   (objectives/dmd.py): a short cold start, then multi-segment self-rollouts.
   Every stage builds its DiT from its own `model` knobs (pass the base run's again to the later stages;
   the weights are loaded strictly, so a mismatch names the keys and shapes).
+* Sample videos (train/samples.py) every `logging.sample_every_n_steps` (250 base/memory, 100 DMD): a session
+  rollout of a fixed clip of `data.eval_path` (held-out latents; default the first clip of `data.path`) with
+  the EMA weights, next to its ground truth, in RUN_DIR/samples/.
 * `export_nano(out, dit_run, latents)` assembles `checkpoints/nano/` for `infer/model_bundle.py`: `dit/` (the
   run's EMA weights: the student of a DMD run), `vae/` (the VAE the latents were cached with, latent
   statistics included), optional `lightvae/` (a `nano_lightvae_*` run's decoder with those statistics).
@@ -39,7 +42,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +58,7 @@ from worldstream.train.objectives.dmd import DMDConfig, DMDObjective
 from worldstream.train.objectives.flow_matching import FlowMatchingConfig, FlowMatchingObjective
 from worldstream.train.objectives.memory import MemoryObjective, MemoryObjectiveConfig, load_base_weights
 from worldstream.train.recipes import recipe
+from worldstream.train.samples import SampleVideoConfig, dit_sample_hooks
 from worldstream.train.trainer import DataPosition, SeededSampler, latest_checkpoint
 
 __all__ = ["DiTModelConfig", "LatentDataConfig", "latent_batches", "run_dit", "export_nano"]
@@ -98,6 +102,10 @@ class LatentDataConfig:
     batch_size: int = 2  # clips per micro-batch (per rank)
     num_latents: int | None = None  # latents kept per clip (a prefix); None: the shortest clip of the batch
     seed: int = 0  # sample order
+    # sample videos (train/samples.py, every logging.sample_every_n_steps): a latent directory of held-out
+    # worlds cached with `--vae <path>/vae`; None: the first clip of `path`
+    eval_path: str | None = None
+    samples: SampleVideoConfig = field(default_factory=SampleVideoConfig)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -191,34 +199,35 @@ def build_dmd(cfg: RunConfig) -> ModelBundle:
 
 
 def _run(model: DiTModelConfig, objective, optim: dict[str, OptimConfig], steps: int, warmup: int,
-         batch_size: int, checkpoint_every: int) -> RunConfig:
+         batch_size: int, checkpoint_every: int, sample_every: int) -> RunConfig:
     return RunConfig(
         seed=0, model=model, data=LatentDataConfig(batch_size=batch_size), objective=objective, optim=optim,
         schedule=ScheduleConfig(steps=steps, warmup_steps=warmup, decay="cosine", min_lr_ratio=0.1),
-        logging=LoggingConfig(every_n_steps=5, progress=False),
+        logging=LoggingConfig(every_n_steps=5, progress=False, sample_every_n_steps=sample_every),
         checkpoint=CheckpointConfig(every_n_steps=checkpoint_every, keep_last=2),
         precision="bf16",
     )
 
 
-@recipe(build=build_base, data=latent_batches, objective=FlowMatchingObjective.from_run)
+@recipe(build=build_base, data=latent_batches, objective=FlowMatchingObjective.from_run,
+        hooks=dit_sample_hooks)
 def nano_base() -> RunConfig:
     """nano DiT base stage: flow matching + ErrorBuffer on cached latents (~60 min on 2 cores)."""
     return _run(DiTModelConfig(),
                 FlowMatchingConfig(window=TrainWindowConfig(shared_start=True)),  # one DiT forward per step
                 {"model": OptimConfig(lr=3e-4, weight_decay=0.01, grad_clip=1.0, ema_decay=0.995)},
-                steps=1500, warmup=50, batch_size=4, checkpoint_every=100)  # ~2.2 s/step
+                steps=1500, warmup=50, batch_size=4, checkpoint_every=100, sample_every=250)  # ~2.2 s/step
 
 
-@recipe(build=build_memory, data=latent_batches, objective=MemoryObjective.from_run)
+@recipe(build=build_memory, data=latent_batches, objective=MemoryObjective.from_run, hooks=dit_sample_hooks)
 def nano_memory() -> RunConfig:
     """nano memory stage: the base DiT + retrieved memory latents, error injection (~40 min)."""
     return _run(DiTModelConfig(preset="nano"), MemoryObjectiveConfig(),
                 {"model": OptimConfig(lr=1e-4, weight_decay=0.01, grad_clip=1.0, ema_decay=0.995)},
-                steps=1000, warmup=20, batch_size=2, checkpoint_every=100)  # ~2.3 s/step
+                steps=1000, warmup=20, batch_size=2, checkpoint_every=100, sample_every=250)  # ~2.3 s/step
 
 
-@recipe(build=build_dmd, data=latent_batches, objective=DMDObjective.from_run)
+@recipe(build=build_dmd, data=latent_batches, objective=DMDObjective.from_run, hooks=dit_sample_hooks)
 def nano_dmd() -> RunConfig:
     """nano DMD: memory model -> few-step student, multi-segment self-rollouts (~30 min)."""
     return _run(DiTModelConfig(preset="nano"), DMDConfig(max_segments=3, cold_start_steps=40),
@@ -226,7 +235,7 @@ def nano_dmd() -> RunConfig:
                  # update ratio: one student step per 3 critic steps (DMD2: 5; ~170 student steps here)
                  "student": OptimConfig(lr=2e-5, betas=(0.0, 0.999), grad_clip=1.0, update_every=3,
                                         ema_decay=0.98)},
-                steps=520, warmup=0, batch_size=1, checkpoint_every=50)  # ~3.3 s/step on average
+                steps=520, warmup=0, batch_size=1, checkpoint_every=50, sample_every=100)  # ~3.3 s/step avg
 
 
 # -------------------------------------------------------------------------------------------------

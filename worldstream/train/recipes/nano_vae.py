@@ -82,6 +82,14 @@ class VideoDataConfig:
 
 
 @dataclass(frozen=True)
+class VAEFinetuneModelConfig:
+    """Continue a trained VAE with its encoder frozen: latents cached with that encoder stay valid."""
+
+    init_run: str = "/work/runs/nano_vae"  # run dir (its ckpt/latest) or a checkpoint folder
+    init_weights: Literal["ema", "raw"] = "ema"  # the weights the latents were cached with (cache: ema)
+
+
+@dataclass(frozen=True)
 class LightVAEModelConfig:
     teacher_run: str = "/work/runs/nano_vae"  # run dir (its ckpt/latest) or a checkpoint folder
     teacher_weights: Literal["ema", "raw"] = "ema"
@@ -218,11 +226,19 @@ def checkpoint_folder(path: str | Path) -> Path:
     return ckpt
 
 
+def run_vae_config(path: str | Path) -> VAEConfig:
+    """The `VAEConfig` of a `nano_vae` or `nano_vae_decoder` run (the latter: its init run's, recursively)."""
+    ckpt = checkpoint_folder(path)
+    model = json.loads((ckpt / "config.json").read_text())["model"]
+    if "init_run" in model:  # VAEFinetuneModelConfig: same architecture as the run it continues
+        return run_vae_config(model["init_run"])
+    return VAEConfig.from_dict(model)
+
+
 def load_run_vae(path: str | Path, weights: Literal["ema", "raw"] = "ema", module: str = "vae") -> VAE:
     """The trained VAE of a `nano_vae`-style run (config from the checkpoint's config.json `model`)."""
     ckpt = checkpoint_folder(path)
-    cfg = json.loads((ckpt / "config.json").read_text())
-    vae = VAE(VAEConfig.from_dict(cfg["model"]))
+    vae = VAE(run_vae_config(ckpt))
     file = ckpt / (f"{module}_ema.safetensors" if weights == "ema" else f"{module}.safetensors")
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found (weights={weights!r}; the run has "
@@ -233,6 +249,15 @@ def load_run_vae(path: str | Path, weights: Literal["ema", "raw"] = "ema", modul
 
 def build_vae(cfg: RunConfig) -> ModelBundle:
     vae = init_logvar(VAE(cfg.model).init_weights(), cfg.objective.logvar_init)
+    return ModelBundle({"vae": vae})
+
+
+def build_vae_decoder(cfg: RunConfig) -> ModelBundle:
+    m: VAEFinetuneModelConfig = cfg.model
+    vae = load_run_vae(m.init_run, m.init_weights).train()
+    # the encoder and its moment conv stay exactly as they were: latents cached with them stay valid
+    vae.encoder.requires_grad_(False)
+    vae.conv1.requires_grad_(False)
     return ModelBundle({"vae": vae})
 
 
@@ -319,6 +344,25 @@ def nano_vae() -> RunConfig:
         schedule=ScheduleConfig(steps=700, warmup_steps=30, decay="cosine", min_lr_ratio=0.05),
         logging=LoggingConfig(every_n_steps=10, progress=False, sample_every_n_steps=100),
         checkpoint=CheckpointConfig(every_n_steps=120, keep_last=2),  # ~5 minutes
+        precision="bf16",
+    )
+
+
+@recipe(build=build_vae_decoder, data=video_batches, objective=VAEObjective.from_run, hooks=vae_eval_hooks)
+def nano_vae_decoder() -> RunConfig:
+    """nano VAE decoder fine-tune: `model.init_run`'s VAE, encoder frozen (cached latents stay valid)."""
+    return RunConfig(
+        seed=1,
+        model=VAEFinetuneModelConfig(),
+        data=VideoDataConfig(seed=1),  # other windows than the first run
+        # the frozen encoder's posterior: decode its mean, as inference does (no KL gradient reaches it)
+        objective=VAEObjectiveConfig(sample_posterior=False),
+        optim={"vae": OptimConfig(lr=3e-4, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=1.0,
+                                  ema_decay=0.99)},
+        # decoder-only backward: ~0.6 steps/s on one loaded core
+        schedule=ScheduleConfig(steps=1500, warmup_steps=30, decay="cosine", min_lr_ratio=0.05),
+        logging=LoggingConfig(every_n_steps=10, progress=False, sample_every_n_steps=100),
+        checkpoint=CheckpointConfig(every_n_steps=100, keep_last=2),
         precision="bf16",
     )
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from worldstream.eval.benchmarks.common import machine
 
 DTYPES = ("fp32", "bf16", "int8")
 
@@ -344,14 +345,6 @@ def bench_kernels(repeats: int) -> list[dict[str, Any]]:
 
 ########################################################################################################
 # Report
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "load_avg_1min": os.getloadavg()[0]}
 
 
 def run(cfg: DiTBenchConfig = DiTBenchConfig()) -> dict[str, Any]:

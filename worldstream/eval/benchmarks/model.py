@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from worldstream.eval.benchmarks.common import machine
 
 DEFAULT_VAE_OUT = Path("docs/results/vae_speed.md")
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}  # NOTE never float16 on CPU (pathologically slow)
@@ -63,26 +63,6 @@ def _time_interleaved(jobs: dict[str, Any], repeats: int) -> dict[str, dict[str,
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {k: {"min_ms": min(v), "median_ms": statistics.median(v)} for k, v in times.items()}
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_avg_1min": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
-    }
 
 
 ########################################################################################################
@@ -165,7 +145,7 @@ def bench_vae(
         "latent_grid": grid,
         "stride": cfg.stride,
         "repeats": repeats,
-        "machine": _machine(),
+        "machine": machine(),
         "rows": rows,
     }
 

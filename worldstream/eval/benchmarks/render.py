@@ -11,13 +11,13 @@ Writes a markdown table (docs/results/render.md by default) with a machine descr
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from worldstream.eval.benchmarks.common import machine
 
 MB = 1e6
 
@@ -30,14 +30,6 @@ class RenderBenchConfig:
     shard_clips: int = 8  # clips per shard-throughput measurement
     shard_frames: int = 33  # frames per clip (a nano training clip)
     shard_size: tuple[int, int] = (96, 160)
-
-
-def machine() -> dict[str, Any]:
-    import numpy as np
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "load_avg_1min": os.getloadavg()[0]}  # other processes compete for the cores
 
 
 def bench_fps(cfg: RenderBenchConfig) -> list[dict[str, Any]]:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worldstream.eval.benchmarks.common import machine
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,6 @@ def revisit_session(num_frames: int, seed: int = 0, cfg: SessionConfig | None = 
     return kb, ms, poses
 
 
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "load_average": os.getloadavg()[0]}
-
-
 def run(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     from worldstream.geometry.camera import MG3_SCHEDULE, extrinsics_from_poses
     from worldstream.geometry.memory import MemoryBank, MemoryBankConfig
@@ -159,7 +153,7 @@ def run(cfg: RetrievalBenchConfig) -> dict[str, Any]:
         })
     bank_info = {"max_entries": bank_cfg.max_entries, "coarse_keep": bank_cfg.coarse_keep,
                  "fine_keep": bank_cfg.fine_keep}
-    return {"config": asdict(cfg), "bank": bank_info, "machine": _machine(), "rows": rows}
+    return {"config": asdict(cfg), "bank": bank_info, "machine": machine(), "rows": rows}
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -168,9 +162,10 @@ def to_markdown(res: dict[str, Any]) -> str:
         "# Memory retrieval time vs history length",
         "",
         f"`worldstream bench retrieval` on {m['processor']} ({m['cpu_count']} CPUs, load average "
-        f"{m['load_average']:.1f} at the start), {m['platform']}, numpy {m['numpy']}. Revisiting random walk "
-        f"(MG3 kinematics, arena radius 30 units), {res['config']['clips_per_history']} clips per history "
-        "length, MG3 schedule (5 reference frames, last slot = anchor). Times per clip; bank: best of "
+        f"{m['load_avg_1min']:.1f} at the start), {m['platform']}, numpy {m['numpy']}. "
+        f"Revisiting random walk (MG3 kinematics, arena radius 30 units), "
+        f"{res['config']['clips_per_history']} clips per history length, MG3 schedule (5 reference frames, "
+        "last slot = anchor). Times per clip; bank: best of "
         f"{res['config']['repeats']} runs. Bank: cap {res['bank']['max_entries']} latents, coarse/fine keep "
         f"{res['bank']['coarse_keep']}/{res['bank']['fine_keep']}.",
         "",

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import queue
 import random
 import statistics
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worldstream.eval.benchmarks.common import machine
 
 TARGET_FPS = 32.0  # issue 5: >= 32 FPS with memory and decoding
 TARGET_P50_S = 0.5  # issue 5: p50 action-to-frame latency <= 0.5 s
@@ -85,22 +86,7 @@ class SpeedBenchConfig:
 
 
 ########################################################################################################
-# Machine
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
+# Machine (machine() itself is common.machine)
 
 
 def _proc_times() -> dict[int, tuple[float, str]]:

@@ -9,6 +9,7 @@ import warnings
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from worldstream import cli
@@ -44,12 +45,17 @@ def test_generate_writes_video_and_record_and_is_deterministic(tmp_path, capsys)
     assert c1["poses"][-1][4] == pytest.approx(1.5 * 20)  # 20 frames of mouse:right -> 30 degrees of yaw
     video = np.stack([f for f in imageio.get_reader(out)])  # NOTE list() would trust its infinite len()
     assert video.shape[0] == 41 and video.shape[1] % 96 == 0  # upscaled for viewing, HUD drawn
-    # same seed -> byte-identical decoded frames (the mp4 container is not compared)
+    # same seed -> byte-identical decoded frames (the mp4 container is not compared), also when clip 1 is
+    # sampled while clip 0 decodes in the worker process
+    assert not record["session"]["async_decode"] and record["session"]["dit_threads"] == 1
+    threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomInitWarning)
-        again = generate_cmd.run(parse(*argv))
+        again = generate_cmd.run(parse(*argv, "--async-decode"))
+    assert again.record["session"]["async_decode"]
     assert again.frames.shape == (41, 96, 160, 3)
     assert hashlib.sha256(again.frames.tobytes()).hexdigest() == record["frames_sha256"]
+    assert torch.get_num_threads() == threads  # restored
 
 
 def test_generate_from_an_image_without_memory(tmp_path):

@@ -18,9 +18,12 @@ from worldstream.model.quant import (
     bench_int8_linear,
     convert_to_int8,
     count_int8_layers,
+    default_int8_compute,
     int8_gemm,
     quantize_activation,
     quantize_weight,
+    row_absmax,
+    set_int8_compute,
 )
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -68,6 +71,76 @@ def test_activation_round_toward_zero():
     codes, scale = quantize_activation(x)
     assert codes.tolist() == [[127, 2, -2, 0, -126]]
     assert scale.tolist() == [1.0]
+
+
+def _activation_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's semantics spelled out: float32 max|x|, s_inv = 127 / m, codes = trunc(x * s_inv)."""
+    xf = x.float()
+    m = torch.linalg.vector_norm(xf, ord=float("inf"), dim=1)
+    m = torch.where(m > 0, m, torch.full_like(m, 127.0))
+    s_inv = torch.full_like(m, 127.0).div(m)
+    return torch.trunc(xf * s_inv[:, None]).to(torch.int8), torch.ones_like(s_inv).div(s_inv)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fast_activation_quantisation_equals_the_spelled_out_kernel(dtype):
+    # odd sizes (vector tails), rows of every magnitude, an all-zero row and rows whose max is negative
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(67, 301, generator=g) * torch.logspace(-6, 4, 67)[:, None]
+    x[5] = 0
+    x[7] = -x[7].abs()
+    x = x.to(dtype)
+    codes, scale = quantize_activation(x)
+    ref_codes, ref_scale = _activation_reference(x)
+    assert torch.equal(codes, ref_codes) and torch.equal(scale, ref_scale)
+    assert codes.abs().max() == 127 and codes[5].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_row_absmax_on_raw_bits(dtype):
+    x = torch.tensor([[1.0, -3.5, 2.0], [-0.0, 0.0, -0.0], [float("-inf"), 1.0, 2.0], [0.25, -0.5, 0.125]],
+                     dtype=dtype)
+    assert row_absmax(x).tolist() == [3.5, 0.0, float("inf"), 0.5]
+    assert row_absmax(x).dtype == torch.float32
+    assert torch.isnan(row_absmax(torch.tensor([[1.0, float("nan")]], dtype=dtype))).all()
+    y = torch.randn(9, 40, dtype=dtype)[:, ::3]  # a strided view
+    assert torch.equal(row_absmax(y), y.abs().amax(dim=1).float())
+
+
+def test_dequant_compute_is_the_official_fallback_and_caches_the_weight():
+    lin = nn.Linear(40, 24).to(torch.bfloat16)
+    q = Int8Linear.from_float(lin, compute="dequant").to(torch.bfloat16)
+    x = torch.randn(3, 5, 40, dtype=torch.bfloat16)
+    w = q.weight_int8.to(torch.bfloat16) * q.weight_scales[:, None]  # bf16 codes * bf16 scales
+    with torch.inference_mode():
+        out = q(x)
+    assert torch.equal(out, torch.nn.functional.linear(x, w, q.bias))
+    cached = q._dequant_cache[1]
+    assert q(x).shape == (3, 5, 24) and q._dequant_cache[1] is cached  # reused
+    assert not cached.is_inference()  # built under inference_mode, still usable with autograd
+    xg = x.float().requires_grad_()
+    q.float()(xg).sum().backward()  # float32 input: a float32 dequantised weight, gradients flow
+    assert xg.grad is not None and q._dequant_cache[1].dtype == torch.float32
+    # new codes (load_state_dict copies in place) -> a new weight
+    q.to(torch.bfloat16)
+    other = Int8Linear.from_float(nn.Linear(40, 24)).to(torch.bfloat16)
+    q.load_state_dict(other.state_dict())
+    assert torch.equal(q(x), torch.nn.functional.linear(x, other.dequantized_weight(torch.bfloat16), q.bias))
+    # int8 compute on the same module: W8A8, close to dequant but not the same numbers
+    q.compute = "int8"
+    assert torch.equal(q(x), q.forward_reference(x))
+    with pytest.raises(ValueError, match="compute must be one of"):
+        q.compute = "fp8"
+
+
+def test_set_int8_compute_and_device_default():
+    model = nn.Sequential(_Block(8), _Block(8))
+    convert_to_int8(model, compute="dequant")
+    assert {m.compute for m in model.modules() if isinstance(m, Int8Linear)} == {"dequant"}
+    assert set_int8_compute(model, "int8") == 16
+    assert {m.compute for m in model.modules() if isinstance(m, Int8Linear)} == {"int8"}
+    assert "compute=int8" in repr(model[0].self_attn.q)
+    assert default_int8_compute("cpu") == "dequant" and default_int8_compute("cuda:0") == "int8"
 
 
 def test_zero_row_gives_bias_not_nan():

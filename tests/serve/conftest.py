@@ -75,14 +75,16 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(bundle, session_cfg, start_cache):
-    """Factory: live_server(**ServeConfig overrides) -> LiveServer (stopped at teardown)."""
+    """Factory: live_server(session_overrides=None, **ServeConfig overrides) -> LiveServer (stopped at
+    teardown); session_overrides change the SessionConfig (e.g. async_decode=True)."""
     from worldstream.serve.server import ServeConfig, create_app
 
     servers = []
 
-    def make(**overrides) -> LiveServer:
+    def make(session_overrides: dict | None = None, **overrides) -> LiveServer:
         cfg = ServeConfig(cache_dir=start_cache, prerender_builtins=False, **overrides)
-        srv = LiveServer(create_app(bundle, session_cfg, cfg), cfg)
+        sc = session_cfg.replace(**(session_overrides or {}))
+        srv = LiveServer(create_app(bundle, sc, cfg), cfg)
         servers.append(srv)
         return srv
 

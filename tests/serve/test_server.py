@@ -374,6 +374,46 @@ def test_slow_client_gets_clips_dropped_not_an_unbounded_queue(live_server, clie
     assert len(got) < n_actions + 1  # some clips never reached the slow client
 
 
+def test_async_server_samples_the_next_clip_while_one_decodes(live_server, client):
+    from worldstream.infer.session import WorldSession
+    from worldstream.serve.server import encode_jpegs
+
+    srv = live_server(session_overrides={"async_decode": True})
+    c = client(srv.ws_url)
+    assert c.expect("hello")["model"]["async_decode"]
+    c.reset()
+    h0, f0 = c.recv_clip()
+    sess = next(iter(srv.state.sessions.values()))
+    worker = sess.world._decoder.pid
+    # A, then B once A's DiT runs (not coalesced): B's DiT starts while A decodes in the worker
+    msgs = [{"type": "action", "keys": ["W"], "mouse": [0.0, 0.0], "seq": 1},
+            {"type": "action", "keys": [], "mouse": [0.0, 0.1], "seq": 2}]
+    c.send(msgs[0])
+    deadline = time.monotonic() + 30
+    while not sess.generating and time.monotonic() < deadline:
+        time.sleep(0.005)
+    c.send(msgs[1])
+    (ha, fa), (hb, fb) = c.recv_clip(), c.recv_clip()
+    assert (ha["seq"], hb["seq"]) == (1, 2) and (ha["clip"], hb["clip"]) == (1, 2)
+    assert hb["frame_start"] == ha["frame_start"] + ha["n_frames"] and ha["coalesced"] == hb["coalesced"] == 0
+    assert sess.overlapped_clips >= 1 and srv.status()["per_session"][0]["decoding"] == 0
+    assert {"dit_s", "decode_wait_s", "generate_s"} <= set(hb["timings"])
+    # the same frames as a plain synchronous session with the same start and actions
+    image, prompt = srv.state.starts.get("green_park")
+    ref = WorldSession(srv.state.bundle, srv.state.session_cfg.replace(async_decode=False))
+    q = srv.state.cfg.jpeg_quality
+    assert encode_jpegs(ref.reset(image, prompt), q) == f0
+    for msg, got in zip(msgs, (fa, fb), strict=True):
+        a = parse_client_message(json.dumps(msg))
+        assert encode_jpegs(ref.step(a.keyboard(), a.mouse_array()), q) == got
+    # the connection ends -> its decode worker is stopped
+    c.close()
+    while srv.status()["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+
+
 def test_cli_registers_play():
     from worldstream.cli import build_parser
 

@@ -27,11 +27,16 @@ from worldstream.geometry.camera import MG3_SCHEDULE, ClipSchedule
 from worldstream.geometry.memory import MemoryBankConfig
 from worldstream.geometry.retrieval import MG3_RETRIEVAL, RetrievalConfig
 
-__all__ = ["SamplerKind", "SessionConfig", "MG3_5B", "NANO", "PRESETS", "preset"]
+__all__ = ["SamplerKind", "SessionConfig", "MG3_5B", "NANO", "PRESETS", "preset", "with_cpu_threads",
+           "DEFAULT_CPU_DIT_THREADS"]
 
 SamplerKind = Literal["unipc", "euler", "few_step"]
 DTypeName = Literal["bfloat16", "float32"]
 FEW_STEP_STEPS = 4  # FewStepConfig().denoising_timesteps has 4 entries (diffusion/samplers.py)
+# DiT intra-op threads of `generate` / `play` on CPUs: 1. Measured on the shared 2-core machine
+# (docs/results/speed.md): the DiT on 2 threads beside a busy core ran ~20x slower than on 1 (OpenMP
+# threads wait for each other at every op); with async decode the worker takes the other core(s)
+DEFAULT_CPU_DIT_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,10 @@ class SessionConfig:
     timestep_in_latent_dtype: bool = True  # official quirk: bf16 timestep tokens (999 -> 1000, 713 -> 712)
     # --- switches (int8, light_vae, rope_overflow, dtype act when the models are loaded: load_bundle_for)
     int8: bool = False  # INT8 q/k/v/o (official --use_int8), applied when the bundle is loaded
+    # how the INT8 layers compute (model/quant.py): "int8" = W8A8 int8 GEMM (official Triton kernels),
+    # "dequant" = dequantised weights + bf16 linear (official no-Triton fallback), "auto" = int8 on CUDA,
+    # dequant on CPUs (W8A8 elementwise passes cost more than the int8 GEMM saves: nano 0.85x vs ~1.0x)
+    int8_compute: Literal["auto", "int8", "dequant"] = "auto"
     light_vae: bool = False  # decode with the pruned LightVAE decoder (official default: mg_lightvae_v2)
     rope_overflow: Literal["error", "extend"] = "extend"  # RoPE past the 2048-latent table (long sessions)
     seed: int = 0  # noise generator (official --seed 42)
@@ -88,6 +97,8 @@ class SessionConfig:
         if self.dtype not in ("bfloat16", "float32"):
             bad(f"dtype must be 'bfloat16' or 'float32' (float16 is pathologically slow on CPUs), "
                 f"got {self.dtype!r}")
+        if self.int8_compute not in ("auto", "int8", "dequant"):
+            bad(f"int8_compute must be 'auto', 'int8' or 'dequant', got {self.int8_compute!r}")
         if self.image_fit not in ("crop", "stretch"):
             bad(f"image_fit must be 'crop' or 'stretch', got {self.image_fit!r}")
         if self.rope_overflow not in ("error", "extend"):
@@ -165,6 +176,27 @@ NANO = SessionConfig(
 )
 
 PRESETS: dict[str, SessionConfig] = {"nano": NANO, "mg3_5b": MG3_5B}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def with_cpu_threads(cfg: SessionConfig, dit_threads: int | None = None) -> SessionConfig:
+    """`cfg` with the DiT on `dit_threads` (None: DEFAULT_CPU_DIT_THREADS) intra-op threads; with async
+    decode the decode worker gets the remaining cores (at least 1). Sync sessions only record the number:
+    the caller sets `torch.set_num_threads` (a session never changes threads without a worker)."""
+    dit = DEFAULT_CPU_DIT_THREADS if dit_threads is None else dit_threads
+    if isinstance(dit, bool) or not isinstance(dit, int) or dit < 1:
+        raise ValueError(f"DiT threads must be an int >= 1, got {dit_threads!r}")
+    decode = max(1, available_cores() - dit) if cfg.async_decode else cfg.decode_threads
+    return cfg.replace(dit_threads=dit, decode_threads=decode)
 
 
 def preset(name: str) -> SessionConfig:

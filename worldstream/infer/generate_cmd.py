@@ -11,6 +11,10 @@
 * Output: `--out` (mp4, `SessionConfig.fps` = 16 fps) and the same path with `.json`: per clip the frames,
   latents, poses, retrieved memory (latents, frames, confidences, reference frames) and timings, plus the
   sha256 of the raw decoded frames (same seed + same inputs -> same frames, hence same hash).
+* Session: the one the checkpoint suggests (`suggest_session_config`: a DMD student samples with the
+  few-step sampler), then the flags. The DiT runs on `--threads` intra-op threads (default 1, see
+  `config.DEFAULT_CPU_DIT_THREADS`). With `--async-decode` the whole script is known up front, so clip k+1
+  is submitted before clip k's frames are taken: the DiT samples k+1 while the worker decodes k.
 All model work goes through `WorldSession`; this module parses, builds, calls and writes.
 """
 
@@ -47,16 +51,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_SCRIPT!r})")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed + inputs -> same video)")
     parser.add_argument("--out", type=Path, default=Path("out.mp4"), help="output mp4 (json beside it)")
-    parser.add_argument("--sampler", choices=("unipc", "euler", "few_step"), default=None,
-                        help="sampler (default: the preset's, FlowUniPC)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps per clip (default: preset)")
-    parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: preset, 5.0)")
-    parser.add_argument("--no-memory", action="store_true", help="no memory retrieval (ablation)")
+    add_session_arguments(parser)
     parser.add_argument("--int8", action="store_true", help="INT8 attention projections")
     parser.add_argument("--light-vae", action="store_true", help="decode with the pruned LightVAE decoder")
+    parser.add_argument("--async-decode", action="store_true",
+                        help="decode in a worker process, overlapped with the DiT's next clip")
     parser.add_argument("--scale", type=int, default=None,
                         help=f"integer upscale of the video (default: to ~{HUD_TARGET_HEIGHT} px high)")
     parser.add_argument("--no-hud", action="store_true", help="do not draw the key/mouse HUD")
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sampling and speed options shared by `generate` and `play` (no torch import: `--help` stays fast)."""
+    parser.add_argument("--sampler", choices=("unipc", "euler", "few_step"), default=None,
+                        help="sampler (default: the checkpoint's; few_step for a DMD student, else UniPC)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps per clip (default: the sampler's: UniPC 3, few_step 4)")
+    parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: preset, 5.0)")
+    parser.add_argument("--no-memory", action="store_true", help="no memory retrieval (ablation)")
+    parser.add_argument("--int8-compute", choices=("auto", "int8", "dequant"), default="auto",
+                        help="how INT8 layers compute: int8 GEMM (W8A8) or dequantised weights "
+                             "(default auto: int8 on CUDA, dequant on CPUs, where W8A8 is slower)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="DiT intra-op threads (default: config.DEFAULT_CPU_DIT_THREADS = 1; with async "
+                             "decode the decode worker gets the other cores)")
+
+
+def apply_session_arguments(cfg, args: argparse.Namespace):
+    """`cfg` (the checkpoint's suggestion) with --sampler/--steps/--shift/--no-memory/--int8-compute/
+    --threads applied."""
+    from worldstream.infer.config import FEW_STEP_STEPS, SessionConfig, with_cpu_threads
+
+    changes = {"use_memory": not args.no_memory, "int8_compute": args.int8_compute}
+    for name in ("sampler", "steps", "shift"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.sampler is not None and args.steps is None:  # the chosen sampler's own step count
+        changes["steps"] = FEW_STEP_STEPS if args.sampler == "few_step" else SessionConfig.steps
+    if args.sampler is None and args.steps is not None and cfg.sampler == "few_step" \
+            and args.steps != FEW_STEP_STEPS:
+        raise ValueError(f"--steps {args.steps}: the checkpoint's few-step sampler has {FEW_STEP_STEPS} "
+                         "fixed steps; pass --sampler unipc (or euler) to sample with other step counts")
+    return with_cpu_threads(cfg.replace(**changes), args.threads)
 
 
 @dataclass
@@ -68,19 +104,12 @@ class GenerateResult:
 
 
 def session_config(args: argparse.Namespace):
-    from worldstream.infer.config import preset
+    from worldstream.infer.model_bundle import suggest_session_config
 
-    cfg = preset(args.preset)
-    changes = dict(seed=args.seed, use_memory=not args.no_memory, int8=args.int8,
-                   light_vae=args.light_vae or cfg.light_vae)
-    for name in ("sampler", "steps", "shift"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    if changes.get("sampler") == "few_step" and args.steps is None:
-        from worldstream.infer.config import FEW_STEP_STEPS
-
-        changes["steps"] = FEW_STEP_STEPS
-    return cfg.replace(**changes)
+    cfg = suggest_session_config(args.checkpoint, args.preset)
+    cfg = cfg.replace(seed=args.seed, int8=args.int8, light_vae=args.light_vae or cfg.light_vae,
+                      async_decode=args.async_decode)
+    return apply_session_arguments(cfg, args)
 
 
 def _start_image(args: argparse.Namespace, cfg) -> tuple[np.ndarray, str, str]:
@@ -105,6 +134,8 @@ def _start_image(args: argparse.Namespace, cfg) -> tuple[np.ndarray, str, str]:
 
 def run(args: argparse.Namespace) -> GenerateResult:
     """Build the session, stream every clip; no files written."""
+    import torch
+
     from worldstream.infer.actions_script import parse_script
     from worldstream.infer.model_bundle import load_bundle_for
     from worldstream.infer.session import WorldSession
@@ -121,32 +152,31 @@ def run(args: argparse.Namespace) -> GenerateResult:
     image, prompt, image_source = _start_image(args, cfg)
     bundle = load_bundle_for(cfg, args.checkpoint, args.preset)
 
-    # 2. stream: reset, then one step per clip with that clip's rows (clip 0: rows of frames 0..end-1)
-    session = WorldSession(bundle, cfg)
-    frames = [session.reset(image, prompt)]
-    clip_records = []
-    t_stream = time.perf_counter()
-    for k in range(clips):
-        w = sched.window(k)
+    def clip_rows(k: int) -> tuple[np.ndarray, np.ndarray]:  # clip 0: rows of frames 0..end-1
         start = 0 if k == 0 else sched.window(k - 1).end
-        frames.append(session.step(rows.keyboard[start:w.end], rows.mouse[start:w.end]))
-        info = session.info
-        last = info.last
-        first_frame = 1 if k == 0 else start
-        mem = last.memory
-        clip_records.append({
-            "clip": k,
-            "frames": [first_frame, w.end],
-            "latents": list(last.new_latents),
-            "window_frames": [w.start, w.end],
-            "poses": info.poses[first_frame:w.end].tolist(),
-            "memory": None if mem is None else {
-                "latents": list(mem.latents), "frames": list(mem.frames),
-                "confidences": list(mem.confidences), "reference_frames": list(mem.base_frames),
-                "anchor": mem.anchor},
-            "timings": last.timings,
-        })
-    t_end = time.perf_counter()
+        end = sched.window(k).end
+        return rows.keyboard[start:end], rows.mouse[start:end]
+
+    # 2. stream: reset, then clip by clip; async: clip k+1 is submitted before clip k's frames are taken
+    threads_before = torch.get_num_threads()
+    if not cfg.async_decode:
+        torch.set_num_threads(cfg.dit_threads)  # async: the session splits the cores itself
+    ahead = 1 if cfg.async_decode else 0
+    try:
+        with WorldSession(bundle, cfg) as session:
+            frames = [session.reset(image, prompt)]
+            clip_records = []
+            submitted = 0
+            t_stream = time.perf_counter()
+            for k in range(clips):
+                while submitted < min(clips, k + 1 + ahead):
+                    session.submit(*clip_rows(submitted))
+                    submitted += 1
+                frames.append(session.next_frames())
+                clip_records.append(_clip_record(k, sched, session.info))
+            t_end = time.perf_counter()
+    finally:
+        torch.set_num_threads(threads_before)
     video = np.concatenate(frames)  # [T, H, W, 3]
 
     # 3. record
@@ -158,7 +188,8 @@ def run(args: argparse.Namespace) -> GenerateResult:
         "frames_sha256": hashlib.sha256(video.tobytes()).hexdigest(),
         "session": {"sampler": cfg.sampler, "steps": cfg.steps, "shift": cfg.shift,
                     "use_memory": cfg.use_memory, "num_memory": cfg.num_memory, "int8": cfg.int8,
-                    "light_vae": cfg.light_vae,
+                    "int8_compute": cfg.int8_compute, "light_vae": cfg.light_vae,
+                    "async_decode": cfg.async_decode, "dit_threads": cfg.dit_threads,
                     "dtype": cfg.dtype, "first_clip_frames": sched.first_clip_frames,
                     "clip_frames": sched.clip_frames, "new_frames": sched.new_frames,
                     "past_latents": sched.past_latents},
@@ -167,6 +198,25 @@ def run(args: argparse.Namespace) -> GenerateResult:
                    "stream_fps": (len(video) - 1) / stream_s if stream_s > 0 else None},
     }
     return GenerateResult(video, rows.keyboard, rows.mouse, record)
+
+
+def _clip_record(k: int, sched, info) -> dict:
+    """Clip k's json record; `info` = the session's SessionInfo right after clip k's frames were taken."""
+    w, last = sched.window(k), info.last
+    first_frame = 1 if k == 0 else sched.window(k - 1).end
+    mem = last.memory
+    return {
+        "clip": k,
+        "frames": [first_frame, w.end],
+        "latents": list(last.new_latents),
+        "window_frames": [w.start, w.end],
+        "poses": info.poses[first_frame:w.end].tolist(),
+        "memory": None if mem is None else {
+            "latents": list(mem.latents), "frames": list(mem.frames),
+            "confidences": list(mem.confidences), "reference_frames": list(mem.base_frames),
+            "anchor": mem.anchor},
+        "timings": last.timings,
+    }
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:

@@ -1,4 +1,4 @@
-"""INT8 attention projections (MG3 `--use_int8`), executed as real int8 x int8 -> int32 GEMMs.
+"""INT8 attention projections (MG3 `--use_int8`): real int8 x int8 -> int32 GEMMs, or dequantised weights.
 
 Source: facts section 7 (official `wan/modules/model.py::convert_model_to_int8` and the Triton kernels of
 `wan/triton_kernels.py`, adapted from LightX2V); conformance vectors `int8_*` (golden README section 6).
@@ -16,6 +16,18 @@ Notable:
 * GEMM: `torch._int_mm` (int32 accumulation) on CPU and CUDA; the weights are never dequantised on this path.
   Epilogue: (float32(acc) * a_scale) * w_scale, in that order, stored in the output dtype, then + bias.
 * `int8_linear_reference` is an explicit, slow reference (int64 matmul, same epilogue) for tests.
+* Two ways to compute (`Int8Linear.compute`, `set_int8_compute`): "int8" = the W8A8 path above (the official
+  Triton kernels; the golden vectors) and "dequant" = the official no-Triton fallback: weights dequantised to
+  the activation dtype (codes * scales, rounded to that dtype) and a normal linear, activations unquantised.
+  The dequantised weight is cached per layer (not saved; rebuilt when the codes, scales, dtype or device
+  change), so "dequant" runs at bf16 speed with the int8 weights' quantisation error.
+
+Speed notes (one CPU core with AMX, nano's 600 x 256 x 256): the bf16 linear takes ~0.08 ms and the int8
+GEMM alone ~0.07 ms, so every other op of W8A8 is overhead. The activation max is taken on the raw bits
+(sign bit cleared, integer max: exact, ~25x faster than `vector_norm(inf)`), the float -> int8 store
+truncates by itself (C++ conversion semantics: no `trunc` pass), and the epilogue stays in plain
+same-dtype ops (mixed int32 x float32 ops take ATen's slower, unvectorised path). W8A8 still costs 3-4x
+a bf16 linear at nano (elementwise passes ~0.15 ms), hence "dequant" as the CPU default of sessions.
 
 NOTE deviations from the official kernels (both documented, neither changes a conformant bf16 case):
 * An all-zero activation row gives inf/NaN officially (m = 0). Here its scale is 1 and its codes 0, so the
@@ -29,6 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -40,6 +53,13 @@ INT_MM_MAX_K = 2**31 // (128 * 128)  # int32 accumulation is exact while K * 128
 # torch._int_mm shape rules on CUDA (aten `_int_mm_out_cuda`): M > 16, K and N multiples of 8. CPU has none.
 CUDA_INT_MM_MIN_M, CUDA_INT_MM_MULTIPLE = 17, 8
 DEFAULT_INT8_NAMES = ("q", "k", "v", "o")  # official rule: attribute name exactly one of these
+# raw-bit masks that clear the sign bit: |x| as an integer whose order is the float order (exact row max)
+_ABS_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    torch.bfloat16: (torch.int16, 0x7FFF), torch.float16: (torch.int16, 0x7FFF),
+    torch.float32: (torch.int32, 0x7FFFFFFF)}
+
+Int8Compute = Literal["int8", "dequant"]  # W8A8 int8 GEMM (official Triton path) | dequantised weights
+INT8_COMPUTE_MODES: tuple[str, ...] = ("int8", "dequant")
 
 
 ####################################################################################################
@@ -56,18 +76,32 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scales
 
 
+def row_absmax(x2d: torch.Tensor) -> torch.Tensor:
+    """max|x_row| of x [M, K] -> [M] float32, exact.
+
+    bf16/fp16/fp32: the sign bit is cleared on the raw bits and the integer max taken (non-negative floats
+    order like their bit patterns; a NaN row stays NaN); one integer pass instead of a float |x| temporary.
+    """
+    if x2d.dtype in _ABS_BITS:
+        int_dtype, mask = _ABS_BITS[x2d.dtype]
+        return x2d.view(int_dtype).bitwise_and(mask).amax(dim=1).view(x2d.dtype).float()
+    return x2d.abs().amax(dim=1).float()
+
+
 def quantize_activation(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (codes [M, K] int8, scales [M] float32): dynamic per-token, round toward zero.
 
     NOTE an all-zero row gets scale 1 and codes 0 (the official kernel divides by zero there).
     """
-    xf = x2d.to(torch.float32, copy=True)  # (M, K) working copy; the steps below are in place
-    absmax = torch.linalg.vector_norm(xf, ord=float("inf"), dim=1)  # (M,) max|x_row|, no |x| temporary
-    absmax = torch.where(absmax > 0, absmax, torch.full_like(absmax, INT8_MAX))  # zero row -> s_inv = 1
+    absmax = row_absmax(x2d)  # (M,)
+    absmax = torch.where(absmax > 0, absmax, INT8_MAX)  # zero row -> s_inv = 1
     # NOTE a true float32 division: `127 / tensor` in torch is reciprocal-then-multiply (1 ulp off)
-    s_inv = torch.full_like(absmax, INT8_MAX).div(absmax)
-    codes = xf.mul_(s_inv[:, None]).trunc_().to(torch.int8)
-    return codes, torch.ones_like(s_inv).div(s_inv)
+    s_inv = torch.full_like(absmax, INT8_MAX).div_(absmax)
+    # float32 product, then the float -> int8 store, which truncates toward zero (C++ conversion semantics,
+    # the kernel's effective rounding); |x * s_inv| <= 127 up to float32 rounding, so no clamp
+    xf = x2d.to(torch.float32, copy=True)  # (M, K) working copy, multiplied in place
+    codes = xf.mul_(s_inv[:, None]).to(torch.int8)
+    return codes, torch.ones_like(s_inv).div_(s_inv)
 
 
 def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -101,10 +135,10 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None) -> torc
 def _epilogue(acc: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
               out_dtype: torch.dtype) -> torch.Tensor:
     # (float32(acc) * a_scale) * w_scale in this order (golden `out_fp32_before_bf16_*` is exact with it);
-    # explicit casts + in-place multiplies (mixed-dtype ops take a slower, unvectorised CPU path)
+    # explicit casts + in-place ops (mixed-dtype ops take a slower, unvectorised CPU path)
     out = acc.float().mul_(a_scale[:, None]).mul_(w_scale.float()[None, :]).to(out_dtype)
     if bias is not None:
-        out = out + bias.to(out_dtype)  # a bf16 add for bf16 outputs, as the official runtime
+        out = out.add_(bias.to(out_dtype))  # a bf16 add for bf16 outputs, as the official runtime
     return out
 
 
@@ -135,10 +169,14 @@ def int8_linear_reference(x: torch.Tensor, weight_int8: torch.Tensor, weight_sca
 
 
 class Int8Linear(nn.Module):
-    """Drop-in for nn.Linear with int8 weights; state-dict names of the official INT8 runtime."""
+    """Drop-in for nn.Linear with int8 weights; state-dict names of the official INT8 runtime.
+
+    `compute` ("int8" | "dequant", see the module docstring) is a runtime choice, not saved with the weights.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 compute: Int8Compute = "int8"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         codes = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
@@ -148,14 +186,27 @@ class Int8Linear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
             self.register_parameter("bias", None)
+        self.compute = compute
+        self._dequant_cache: tuple[tuple, torch.Tensor] | None = None  # (key, weight), "dequant" only
+
+    @property
+    def compute(self) -> Int8Compute:
+        return self._compute
+
+    @compute.setter
+    def compute(self, mode: Int8Compute) -> None:
+        if mode not in INT8_COMPUTE_MODES:
+            raise ValueError(f"Int8Linear.compute must be one of {INT8_COMPUTE_MODES}, got {mode!r}")
+        self._compute = mode
+        self._dequant_cache = None
 
     @classmethod
     @torch.no_grad()
-    def from_float(cls, linear: nn.Linear) -> Int8Linear:
+    def from_float(cls, linear: nn.Linear, compute: Int8Compute = "int8") -> Int8Linear:
         """Quantise an nn.Linear once (per output channel, float32 math); bias is copied as is."""
         w = linear.weight
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=w.device,
-                dtype=w.dtype)
+                dtype=w.dtype, compute=compute)
         codes, scales = quantize_weight(w)
         m.weight_int8 = codes
         m.weight_scales = scales
@@ -164,21 +215,38 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self._compute == "dequant":
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self._cached_dequantized(x.dtype), bias)
         return int8_linear(x, self.weight_int8, self.weight_scales, self.bias)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear_reference(x, self.weight_int8, self.weight_scales, self.bias)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """codes * scales: only for comparisons (the official no-Triton fallback computes with this)."""
+        """codes * scales in `dtype` (rounded to it): the official no-Triton fallback's weight."""
         return (self.weight_int8.to(dtype) * self.weight_scales.to(dtype)[:, None])
+
+    def _cached_dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """`dequantized_weight(dtype)`, rebuilt only when the codes or scales (tensor or contents) changed."""
+        w, s = self.weight_int8, self.weight_scales
+        # NOTE inference tensors carry no version counter: an in-place change to such codes (possible only
+        # inside inference mode) goes unseen; `set_int8_compute` (or setting `compute`) drops the cache
+        key = (dtype,) + tuple((t.data_ptr(), t.device, -1 if t.is_inference() else t._version)
+                               for t in (w, s))
+        if self._dequant_cache is None or self._dequant_cache[0] != key:
+            # a normal tensor (usable with autograd later) unless the codes are inference tensors themselves
+            with torch.inference_mode(w.is_inference()), torch.no_grad():
+                self._dequant_cache = (key, self.dequantized_weight(dtype))
+        return self._dequant_cache[1]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, scales={self.weight_scales.dtype}")
+                f"bias={self.bias is not None}, scales={self.weight_scales.dtype}, compute={self._compute}")
 
 
-def convert_to_int8(model: nn.Module, names: Iterable[str] = DEFAULT_INT8_NAMES) -> nn.Module:
+def convert_to_int8(model: nn.Module, names: Iterable[str] = DEFAULT_INT8_NAMES,
+                    compute: Int8Compute = "int8") -> nn.Module:
     """Replace, in place, every nn.Linear whose attribute name is exactly one of `names` by an Int8Linear.
 
     With the default names this is the official rule: self- and cross-attention q/k/v/o of every block
@@ -188,8 +256,22 @@ def convert_to_int8(model: nn.Module, names: Iterable[str] = DEFAULT_INT8_NAMES)
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if name in names and isinstance(child, nn.Linear)]
     for parent, name, child in targets:
-        setattr(parent, name, Int8Linear.from_float(child))
+        setattr(parent, name, Int8Linear.from_float(child, compute))
     return model
+
+
+def set_int8_compute(model: nn.Module, compute: Int8Compute) -> int:
+    """Set `compute` of every Int8Linear in `model` -> how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    for m in layers:
+        m.compute = compute
+    return len(layers)
+
+
+def default_int8_compute(device: torch.device | str) -> Int8Compute:
+    """The faster way on `device`: CUDA runs the W8A8 int8 GEMM; on CPUs (AMX/AVX-512 bf16) the
+    elementwise passes of W8A8 cost more than the int8 GEMM saves, so the weights are dequantised."""
+    return "int8" if torch.device(device).type == "cuda" else "dequant"
 
 
 def count_int8_layers(model: nn.Module) -> int:

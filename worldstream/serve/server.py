@@ -4,9 +4,15 @@ Notable:
 * One websocket = one session = one `WorldSession` (its own caches, memory bank, pose); the model
   bundle (weights) is loaded once and shared read-only by every session.
 * Per connection three coroutines: the receiver (validates each message with protocol.py; bad
-  input gets an `error` message, the session goes on), the generator (runs `reset` / `step` and
-  JPEG encoding in a worker thread, so the event loop stays responsive) and the sender (the only
-  writer to the socket).
+  input gets an `error` message, the session goes on), the generator (runs `reset` and
+  `WorldSession.submit` in the generation thread, so the event loop stays responsive) and the sender
+  (the only writer to the socket); plus one collector task per submitted clip, which waits for its
+  frames (`next_frames`) and JPEG-encodes them in a collect thread, in submission order.
+* Pipelining (MG3's async VAE, infer/decode.py): `submit` returns once the DiT has sampled the clip and
+  handed its latents to the decode worker, so the generator takes the next pending action at once and
+  the DiT samples clip k+1 while clip k decodes. At most `SessionConfig.decode_queue_size` clips are in
+  flight; a reset first waits for them (they belong to the old episode). With sync decode `submit`
+  decodes too and the collector only encodes.
 * Coalescing: while a clip is being generated, newer actions merge into one pending action
   (protocol.coalesce: union of keys, latest mouse/seq). A reset replaces everything pending.
 * Backpressure: finished clips wait in a per-session outbox of at most `send_queue_clips`; when a
@@ -76,7 +82,8 @@ class ServeConfig:
     # the outbox starts dropping; ~256 KiB holds one or two clips
     socket_send_buffer: int = 256 * 1024
     jpeg_quality: int = 90
-    generation_workers: int = 1  # threads running reset/step for all sessions (a 2-core CPU: 1)
+    generation_workers: int = 1  # threads running reset/submit for all sessions (a 2-core CPU: 1)
+    dit_threads: int | None = None  # intra-op threads of the generation threads (None: torch's default)
     builtins: tuple[tuple[str, str, int], ...] = BUILTIN_STARTS
     cache_dir: Path | None = None  # built-in start frames on disk (None: memory only)
     prerender_builtins: bool = True  # render every built-in at start-up, in the background
@@ -89,6 +96,9 @@ class ServeConfig:
             lo = 0 if name == "port" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"ServeConfig.{name} must be an int >= {lo}, got {v!r}")
+        t = self.dit_threads
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+            raise ValueError(f"ServeConfig.dit_threads must be None or an int >= 1, got {self.dit_threads!r}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"ServeConfig.jpeg_quality must be in [1, 95], got {self.jpeg_quality!r}")
         names = [b[0] for b in self.builtins]
@@ -250,7 +260,12 @@ class PlaySession:
         self.clips_generated = 0
         self.dropped_frames = 0
         self.dropped_clips = 0
-        self.generating = False
+        self.generating = False  # reset/submit running
+        self.decoding = 0  # clips submitted whose frames are not collected yet
+        self.overlapped_clips = 0  # clips whose DiT started while an earlier clip was still decoding
+        self.collected = asyncio.Event()  # set whenever a clip leaves the pipeline
+        self.collector: asyncio.Task | None = None  # the newest clip's collector (each awaits the one before)
+        self.collectors: set[asyncio.Task] = set()  # every unfinished collector (cancelled on disconnect)
 
     # -- outbox --
     def send_control(self, msg: dict[str, Any]) -> None:
@@ -273,7 +288,9 @@ class PlaySession:
             "queued_bytes": sum(len(j) for c in self.outbox for j in c.jpegs),
             "dropped_clips": self.dropped_clips,
             "dropped_frames": self.dropped_frames,
-            "generating": self.generating,
+            "generating": self.generating or self.decoding > 0,
+            "decoding": self.decoding,
+            "overlapped_clips": self.overlapped_clips,
         }
 
     # -- work, on a worker thread --
@@ -294,10 +311,20 @@ class PlaySession:
         t2 = time.perf_counter()
         return frames, world.info, {"start_image_s": t1 - t0, "generate_s": t2 - t1}
 
-    def _run_step(self, msg: ActionMsg) -> tuple[np.ndarray, Any, dict]:
+    def _run_submit(self, msg: ActionMsg) -> dict[str, float]:
+        """Sample the clip (DiT) and queue its decoding; returns its timings so far."""
         t0 = time.perf_counter()
-        frames = self.world.step(msg.keyboard(), msg.mouse_array())
-        return frames, self.world.info, {"generate_s": time.perf_counter() - t0}
+        self.world.submit(msg.keyboard(), msg.mouse_array())
+        return {"t_start": t0, "dit_s": time.perf_counter() - t0}
+
+    def _run_collect(self, sub: dict[str, float]) -> tuple[list[bytes], Any, dict]:
+        """The oldest submitted clip's frames (waits for the decoder), JPEG-encoded."""
+        t0 = time.perf_counter()
+        frames = self.world.next_frames()
+        t1 = time.perf_counter()
+        timings = {"generate_s": t1 - sub["t_start"], "dit_s": sub["dit_s"], "decode_wait_s": t1 - t0,
+                   "pool_wait_s": sub["pool_wait_s"]}
+        return self._finish(frames, self.world.info, timings)
 
     def _finish(self, frames: np.ndarray, info, timings: dict) -> tuple[list[bytes], Any, dict]:
         frames = np.asarray(frames)
@@ -322,26 +349,42 @@ class PlaySession:
         self.pending_action, self.coalesced = None, 0
         return None, action, coalesced, since
 
+    async def _drain(self) -> None:
+        """Wait until every submitted clip was collected (the collectors run in order)."""
+        if self.collector is not None:
+            await asyncio.wait([self.collector])
+
     async def generator(self) -> None:
         loop = asyncio.get_running_loop()
+        limit = self.server.session_cfg.decode_queue_size
         while True:
             await self.work.wait()
+            while self.pending_reset is None and self.decoding >= limit:  # a free pipeline slot first
+                self.collected.clear()
+                await self.collected.wait()
             self.work.clear()
             reset, action, coalesced, since = self._take_work()
             if reset is None and action is None:
                 continue
+            if reset is not None:
+                await self._drain()  # the old episode's clips leave first
+            elif self.decoding and self.server.session_cfg.async_decode:
+                self.overlapped_clips += 1
             self.generating = True
             t_submit = time.perf_counter()
 
             def job(reset=reset, action=action, t_submit=t_submit):
                 t_job = time.perf_counter()
-                frames, info, timings = (self._run_reset(reset) if reset is not None
-                                         else self._run_step(action))
-                timings["pool_wait_s"] = t_job - t_submit  # behind other sessions' clips
-                return self._finish(frames, info, timings)
+                if reset is not None:
+                    frames, info, timings = self._run_reset(reset)
+                    timings["pool_wait_s"] = t_job - t_submit  # behind other sessions' clips
+                    return self._finish(frames, info, timings)
+                sub = self._run_submit(action)
+                sub["pool_wait_s"] = t_job - t_submit
+                return sub
 
             try:
-                jpegs, info, timings = await loop.run_in_executor(self.server.pool, job)
+                result = await loop.run_in_executor(self.server.pool, job)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed clip answers with an error; the session goes on
@@ -351,16 +394,59 @@ class PlaySession:
                 continue
             finally:
                 self.generating = False
+            if reset is None:  # submitted: a collector takes the frames when decoded
+                self.decoding += 1
+                self.collector = asyncio.create_task(
+                    self._collect(self.collector, result, action, coalesced, since, t_submit))
+                self.collectors.add(self.collector)
+                self.collector.add_done_callback(self.collectors.discard)
+                continue
+            jpegs, info, timings = result
             timings["pending_s"] = t_submit - since  # waited for this session's previous clip
-            if reset is not None:
-                self.episode += 1
-                self.clip_index, self.frame_start = 0, 0
-                self.outbox.clear()  # clips of the previous episode are stale
-            header = self._header(len(jpegs), info, timings, reset, action, coalesced)
-            self.push_clip(Clip(header, jpegs, time.perf_counter()))
-            self.clips_generated += 1
-            self.clip_index += 1
-            self.frame_start += len(jpegs)
+            self.episode += 1
+            self.clip_index, self.frame_start = 0, 0
+            self.outbox.clear()  # clips of the previous episode are stale
+            self._deliver(jpegs, info, timings, reset, None, 0)
+
+    async def _collect(self, previous: asyncio.Task | None, sub: dict[str, float], action: ActionMsg,
+                       coalesced: int, since: float, t_submit: float) -> None:
+        """Take one submitted clip's frames (after the previous clip's), encode and queue them."""
+        loop = asyncio.get_running_loop()
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            pool = self.server.collect_pool
+            jpegs, info, timings = await loop.run_in_executor(pool, self._run_collect, sub)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("session %d: decoding failed", self.sid)
+            self.send_control(protocol.error_message("generation_failed", f"{type(e).__name__}: {e}",
+                                                     ref="action"))
+            return
+        finally:
+            self.decoding -= 1
+            self.collected.set()
+        timings["pending_s"] = t_submit - since  # waited for this session's previous clip / a slot
+        self._deliver(jpegs, info, timings, None, action, coalesced)
+
+    def _deliver(self, jpegs: list[bytes], info, timings: dict, reset: ResetMsg | None,
+                 action: ActionMsg | None, coalesced: int) -> None:
+        header = self._header(len(jpegs), info, timings, reset, action, coalesced)
+        self.push_clip(Clip(header, jpegs, time.perf_counter()))
+        self.clips_generated += 1
+        self.clip_index += 1
+        self.frame_start += len(jpegs)
+
+    async def close_world(self) -> None:
+        """Stop this connection's WorldSession (its decode worker), on the generation thread."""
+        world, self.world = self.world, None
+        if world is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.server.pool, world.close)
+        except RuntimeError:  # the pool is shut down (server exit): close here
+            world.close()
 
     def _header(self, n: int, info, timings: dict, reset: ResetMsg | None, action: ActionMsg | None,
                 coalesced: int) -> dict[str, Any]:
@@ -450,7 +536,10 @@ class PlayServer:
         self.session_cfg = session_cfg  # infer.config.SessionConfig: clip schedule, frame size, fps
         self.sessions: dict[int, PlaySession] = {}
         self._next_id = 0
-        self.pool = ThreadPoolExecutor(max_workers=cfg.generation_workers, thread_name_prefix="ws-gen")
+        self.pool = ThreadPoolExecutor(max_workers=cfg.generation_workers, thread_name_prefix="ws-gen",
+                                       initializer=_set_threads, initargs=(cfg.dit_threads,))
+        # next_frames + JPEG encoding: one collector at a time per session, never on the generation thread
+        self.collect_pool = ThreadPoolExecutor(max_workers=cfg.max_sessions, thread_name_prefix="ws-collect")
         self.starts = StartImages(cfg.builtins, session_cfg.height, session_cfg.width, cfg.cache_dir)
 
     def new_world_session(self):
@@ -479,7 +568,9 @@ class PlayServer:
             "mouse_limit": self.cfg.protocol.mouse_limit,
             "builtins": self.starts.names,
             "model": {"source": str(getattr(self.bundle, "source", "")),
-                      "random_init": bool(getattr(self.bundle, "random_init", False))},
+                      "random_init": bool(getattr(self.bundle, "random_init", False)),
+                      "sampler": sc.sampler, "steps": sc.steps, "memory": sc.use_memory, "int8": sc.int8,
+                      "light_vae": sc.light_vae, "async_decode": sc.async_decode},
             "limits": {"max_message_bytes": self.cfg.protocol.max_message_bytes,
                        "max_image_bytes": self.cfg.protocol.max_image_bytes,
                        "max_prompt_chars": self.cfg.protocol.max_prompt_chars},
@@ -489,6 +580,18 @@ class PlayServer:
     def close(self) -> None:
         self.starts.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.collect_pool.shutdown(wait=False, cancel_futures=True)
+        for sess in list(self.sessions.values()):  # still connected at exit: stop their decode workers
+            if sess.world is not None:
+                sess.world.close()
+
+
+def _set_threads(threads: int | None) -> None:
+    """Generation-thread initialiser: its intra-op threads (torch's setting is per thread with OpenMP)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _same_origin(headers) -> bool:
@@ -596,11 +699,14 @@ def create_app(bundle, session_cfg, cfg: ServeConfig | None = None):
         except WebSocketDisconnect:
             pass
         finally:
+            tasks += list(sess.collectors)
             for t in tasks:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            with contextlib.suppress(Exception):
+                await sess.close_world()
             del state.sessions[sid]
 
     return app

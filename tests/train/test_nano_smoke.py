@@ -1,7 +1,8 @@
 """nano_smoke: every stage end to end on tiny sizes, as the real recipes run them (data -> ship -> play).
 
 render 2 clips (data engine, 32x32 px, 41 frames) -> clip shards -> nano_vae (2 steps) -> cache-latents ->
-nano_base (2) -> nano_memory (2) -> nano_dmd (3: cold start, critic-only, both) -> export_nano ->
+nano_base (2) -> nano_memory (2) -> nano_dmd (3: cold start, critic-only, both) -> nano_vae_decoder (1)
+-> export_nano ->
 load_bundle + WorldSession.reset + one step. Only sizes and step counts are overridden (`--set`), as a user
 would; every recipe, objective, data reader, checkpoint and loader is the real one.
 """
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,7 +48,9 @@ def test_nano_smoke(tmp_path):
     from worldstream.infer.config import NANO
     from worldstream.infer.model_bundle import load_bundle
     from worldstream.infer.session import WorldSession
-    from worldstream.train.recipes.nano import export_nano
+    from worldstream.data.cache_latents import VAE_DIR, load_vae
+    from worldstream.train.recipes.nano import _with_decoder_of, export_nano
+    from worldstream.train.recipes.nano_vae import load_run_vae
 
     t0 = time.perf_counter()
     # 1. data: two clips of one world, long enough for memory windows and a 2-segment DMD rollout
@@ -75,11 +79,22 @@ def test_nano_smoke(tmp_path):
     assert rows[1]["loss/student"] == "" and rows[2]["loss/student"] != ""  # student every 2nd step
     assert all(r["loss/critic"] != "" for r in rows)
 
-    # 4. the shipped folder and a session on it
-    folder = export_nano(tmp_path / "checkpoints" / "nano", dmd, latents)
+    # 4. a decoder fine-tune (encoder frozen) and the shipped folder with its decoder; a session on it
+    vae_dec = tmp_path / "vae_dec"
+    train("nano_vae_decoder", vae_dec, ["schedule.steps=1", f"model.init_run={vae_run}", f"data.root={shards}",
+                                        "data.eval_root=none", "data.frames=9", "data.batch_size=1"])
+    folder = export_nano(tmp_path / "checkpoints" / "nano", dmd, latents, vae_run=vae_dec)
     shipped = load_file(folder / "dit" / "model.safetensors")
     student = load_file(latest_checkpoint(dmd) / "student_ema.safetensors")
-    assert shipped.keys() == student.keys() and all(torch.equal(shipped[k], student[k]) for k in shipped)
+    assert shipped.keys() == student.keys() and all(shipped[k].dtype == torch.bfloat16 for k in shipped)
+    assert all(torch.equal(shipped[k], student[k].to(torch.bfloat16)) for k in shipped)
+    cached, tuned = load_vae(latents / VAE_DIR), load_run_vae(vae_dec)
+    got = load_file(folder / "vae" / "model.safetensors")
+    assert all(torch.equal(got[k], cached.state_dict()[k]) for k in got if k.startswith("encoder."))
+    assert all(torch.equal(got[k], tuned.state_dict()[k]) for k in got)  # frozen encoder + tuned decoder
+    assert not all(torch.equal(got[k], cached.state_dict()[k]) for k in got if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="encoder weights differ"):  # raw encoder != the cached (EMA) one
+        _with_decoder_of(load_vae(latents / VAE_DIR), vae_run, "raw")
     assert json.loads((folder / "dit" / "meta.json").read_text())["sampler"] == "few_step"
     bundle = load_bundle(folder)
     assert not bundle.random_init and bundle.dit.cfg.dim == 32 and bundle.vae_config.latent_std is not None

@@ -61,6 +61,8 @@ from worldstream.train.recipes import recipe
 from worldstream.train.samples import SampleVideoConfig, dit_sample_hooks
 from worldstream.train.trainer import DataPosition, SeededSampler, latest_checkpoint
 
+SHIP_DTYPE = torch.bfloat16  # storage dtype of the exported DiT weights
+
 __all__ = ["DiTModelConfig", "LatentDataConfig", "latent_batches", "run_dit", "export_nano"]
 
 
@@ -242,13 +244,33 @@ def nano_dmd() -> RunConfig:
 # export: the folder `infer/model_bundle.py` loads (checkpoints/nano/{dit,vae,lightvae})
 
 
+def _with_decoder_of(vae, vae_run: str | Path, weights: Literal["ema", "raw"]):
+    """`vae` (the latent directory's, with its statistics) with the weights of a `nano_vae_decoder` run,
+    whose frozen encoder must equal `vae`'s: otherwise the cached latents would not be its latents."""
+    from worldstream.train.recipes.nano_vae import load_run_vae
+
+    tuned = load_run_vae(vae_run, weights)
+    ours, theirs = vae.state_dict(), tuned.state_dict()
+    if ours.keys() != theirs.keys():
+        raise ValueError(f"{vae_run}: the VAE has other keys than the latent directory's VAE")
+    changed = [k for k in ours if not k.startswith("decoder.") and k.split(".")[0] != "conv2"
+               and not torch.equal(ours[k], theirs[k])]
+    if changed:
+        raise ValueError(f"{vae_run}: encoder weights differ from the VAE the latents were cached with "
+                         f"({len(changed)} tensors, e.g. {changed[0]}): only a decoder fine-tune of it fits")
+    vae.load_state_dict(theirs)
+    return vae
+
+
 def export_nano(out: str | Path, dit_run: str | Path, latents: str | Path,
-                lightvae_run: str | Path | None = None, weights: Literal["ema", "raw"] = "ema") -> Path:
+                lightvae_run: str | Path | None = None, weights: Literal["ema", "raw"] = "ema",
+                vae_run: str | Path | None = None) -> Path:
     """Write `out/dit`, `out/vae` (and `out/lightvae`) as self-describing checkpoints; returns `out`.
 
     dit_run: a nano_base / nano_memory / nano_dmd run (DMD: the student). latents: the latent directory the
     DiT trained on; its `vae/` is the VAE with the latent statistics those latents were normalised with.
     lightvae_run: a nano_lightvae_* run; its decoder gets the same statistics.
+    vae_run: a `nano_vae_decoder` run (encoder frozen): its decoder replaces the latent directory's.
     """
     from safetensors.torch import load_file
 
@@ -260,15 +282,23 @@ def export_nano(out: str | Path, dit_run: str | Path, latents: str | Path,
     out = Path(out)
     dit, meta = run_dit(dit_run, weights)
     sampler = "few_step" if meta["module"] == "student" else "unipc"  # what the weights were trained for
-    save_checkpoint(out / LAYOUT.dit, dit, dit.cfg, preset="nano",
+    # the DiT ships in bf16 (the session's dtype; halves the folder): parameters only, buffers keep theirs
+    params = {name for name, _ in dit.named_parameters()}
+    state = {k: v.to(SHIP_DTYPE) if k in params and v.is_floating_point() else v
+             for k, v in dit.state_dict().items()}
+    save_checkpoint(out / LAYOUT.dit, state, dit.cfg, preset="nano",
                     meta={"step": meta.get("step"), "recipe": meta.get("recipe"),
-                          "source": meta["checkpoint"], "weights": weights, "sampler": sampler})
+                          "source": meta["checkpoint"], "weights": weights, "sampler": sampler,
+                          "storage_dtype": str(SHIP_DTYPE).removeprefix("torch.")})
     vae = load_vae(Path(latents) / VAE_DIR)
     if vae.cfg.z_dim != dit.cfg.in_dim:
         raise ValueError(f"the VAE of {latents} has z_dim {vae.cfg.z_dim}, the DiT of {dit_run} in_dim "
                          f"{dit.cfg.in_dim}: they were not trained together")
-    save_checkpoint(out / LAYOUT.vae, vae, vae.cfg, preset="nano",
-                    meta={"source": str(Path(latents) / VAE_DIR)})
+    vae_meta = {"source": str(Path(latents) / VAE_DIR)}
+    if vae_run is not None:
+        vae = _with_decoder_of(vae, vae_run, weights)
+        vae_meta["decoder_source"] = str(_checkpoint(vae_run))
+    save_checkpoint(out / LAYOUT.vae, vae, vae.cfg, preset="nano", meta=vae_meta)
     if lightvae_run is not None:
         ckpt = _checkpoint(lightvae_run)
         rate = json.loads((ckpt / "config.json").read_text())["model"]["pruning_rate"]
@@ -286,9 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dit", required=True, help="nano_base / nano_memory / nano_dmd run dir")
     p.add_argument("--latents", required=True, help="latent directory the DiT trained on (its vae/)")
     p.add_argument("--lightvae", help="nano_lightvae_* run dir (optional)")
+    p.add_argument("--vae", help="nano_vae_decoder run dir: its fine-tuned decoder (optional)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     a = p.parse_args(argv)
-    out = export_nano(a.out, a.dit, a.latents, a.lightvae, a.weights)
+    out = export_nano(a.out, a.dit, a.latents, a.lightvae, a.weights, a.vae)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -43,12 +43,11 @@ def train(name: str, out: Path, overrides: list[str]) -> list[dict[str, str]]:
 
 
 def test_nano_smoke(tmp_path):
-    from worldstream.data.cache_latents import CacheConfig, cache_latents
+    from worldstream.data.cache_latents import VAE_DIR, CacheConfig, cache_latents, load_vae
     from worldstream.data.render_cmd import RenderPlan, render_dataset
     from worldstream.infer.config import NANO
     from worldstream.infer.model_bundle import load_bundle
     from worldstream.infer.session import WorldSession
-    from worldstream.data.cache_latents import VAE_DIR, load_vae
     from worldstream.train.recipes.nano import _with_decoder_of, export_nano
     from worldstream.train.recipes.nano_vae import load_run_vae
 

@@ -28,8 +28,15 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "retrieval"): ("worldstream.eval.benchmarks.retrieval", "retrieval time vs history length"),
     ("bench", "model"): ("worldstream.eval.benchmarks.model", "DiT / VAE forward time and GFLOP/s"),
     ("bench", "dit"): ("worldstream.eval.benchmarks.dit", "DiT forward time and GFLOP/s"),
+    ("bench", "memory"): ("worldstream.eval.benchmarks.memory",
+                          "revisits on held-out worlds: PSNR/SSIM of returning frames, memory on vs off"),
+    ("bench", "drift"): ("worldstream.eval.benchmarks.drift", "PSNR vs ground truth over long sessions"),
+    ("bench", "action"): ("worldstream.eval.benchmarks.action",
+                          "action following: an inverse-dynamics model on generated vs ground-truth video"),
     ("bench", "speed"): ("worldstream.eval.benchmarks.speed",
                          "end-to-end FPS and latency, each acceleration off in turn"),
+    ("bench", "vae"): ("worldstream.eval.benchmarks.vae", "VAE PSNR/SSIM and speed: full vs LightVAE"),
+    ("bench", "all"): ("worldstream.eval.benchmarks.all", "vae, memory, action, drift, speed in sequence"),
 }
 
 

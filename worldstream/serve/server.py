@@ -575,6 +575,7 @@ class PlayServer:
                        "max_image_bytes": self.cfg.protocol.max_image_bytes,
                        "max_prompt_chars": self.cfg.protocol.max_prompt_chars},
             "send_queue_clips": self.cfg.send_queue_clips,
+            "max_in_flight": sc.decode_queue_size,  # clips the pipeline holds at once (DiT + decoding)
         }
 
     def close(self) -> None:

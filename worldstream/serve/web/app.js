@@ -1,9 +1,24 @@
 // worldstream play: browser client. No build step, no dependencies.
 //
 // Protocol (docs/play.md): JSON text messages both ways; the server answers each clip with a JSON
-// `clip` header followed by exactly `n_frames` binary JPEG messages. The client pulls: it keeps at
-// most one action outstanding and sends the next one when its playback buffer runs low, so the
-// server never generates far ahead of what is shown (low action-to-frame latency).
+// `clip` header followed by exactly `n_frames` binary JPEG messages.
+//
+// Pipelined pull: up to `max_in_flight` actions (the server's pipeline depth, from `hello`; else 2) are
+// outstanding at once, so the server samples clip k+1 while clip k decodes. The next action (keys held,
+// mouse moved since the last send) goes out as soon as fewer are in flight AND the video already
+// committed (frames buffered + frames of the clips in flight) would run out before the clip it asks for
+// is predicted to arrive (+ jitter + a margin). Prediction: the server's DiT takes a new action once it
+// has sampled the ones in flight (their DiT times and the last clip's DiT end come from the `clip`
+// headers' timings), and the clip arrives one round trip L after that (L measured on actions sent
+// alone). An action is also held back until the DiT is about to be free (`holdGuardMs` before): sent
+// earlier it would only wait on the server, and the keys it carries would be older. So a server slower
+// than real time gets its pipeline kept full (the highest frame rate it can give) at about L + guard of
+// latency, and a faster one is asked just in time (latency about L + margin, not a whole buffer).
+// NOTE never L from overlapped actions: such a clip takes longer (it waits for, or shares the CPU with,
+// the one before), and counting it would make the page ask earlier, overlap more, measure longer round
+// trips again... a spiral into the deepest pipeline and the highest latency even when one clip at a time
+// keeps up with real time (seen on a loaded 2-core CPU). Frames are shown in order at the session fps
+// from a small playback buffer (after running dry, playback resumes once `prebufferMs` is buffered).
 "use strict";
 
 (() => {
@@ -11,8 +26,16 @@
     arrowMouse: 0.1,          // MG3's usual mouse magnitude: 0.1 = 1.5 deg per frame
     degPerMouseUnit: 15,      // MG3 kinematics: mouse 1.0 turns 15 deg per frame
     mouseDegPerPixel: 0.12,   // pointer-lock sensitivity (degrees of turn per pixel of movement)
-    maxBufferClips: 2,        // more buffered than this -> skip ahead (latency over smoothness)
+    maxBufferClips: 2,        // buffered beyond the request target + this many clips -> skip ahead
     requestMarginMs: 150,     // request the next clip this long before the buffer would run dry
+    jitterFactor: 2,          // ... plus this many mean deviations of the measured round trip
+    holdGuardMs: 100,         // send a pipelined action this long before the server's DiT is free
+    leadInitMs: 600,          // round-trip estimate before the first clip answered an action
+    leadSmoothing: 0.3,       // EMA weight of a new round-trip sample
+    defaultInFlight: 2,       // actions outstanding when the server's hello does not say
+    maxInFlight: 8,           // never more, whatever the server says
+    prebufferMs: 120,         // after the buffer ran dry, resume playback once this much is buffered
+    logClips: 256,            // clip headers kept in S.clipLog (tests, debugging)
     uploadMaxSide: 640,       // uploads are downscaled in the browser before sending
     pingEveryMs: 5000,
     errorsShown: 8,
@@ -37,13 +60,20 @@
     header: null, framesLeft: 0, frameIdx: 0,          // framing of the clip being received
     queue: [], decodeChain: Promise.resolve(),          // decoded frames waiting to be shown
     held: new Set(), tapped: new Set(), arrows: new Set(), pointer: [0, 0], locked: false,
-    seq: 0, outstanding: null, genEstimateMs: 600,
+    seq: 0, inFlight: [], maxInFlight: CFG.defaultInFlight,  // actions sent, their clip not arrived
+    leadMs: CFG.leadInitMs, leadDevMs: 0, ditMs: null, ditEnd: null,  // L, its deviation; server DiT
+    inFlightPeak: 0, actionsSent: 0,
+    decoding: 0, rebuffering: true,                     // frames being decoded; waiting to (re)start playback
+    clipLog: [], expect: null, gaps: 0,                 // arrival order: next clip / frame expected
+    lastDrawn: null, orderErrors: 0, skippedFrames: 0,  // display order
+    latencies: [],
     poses: [], memFrames: [], shownIndex: -1,           // per-episode camera path (global frame index)
     lastPose: null, lastHeader: null,
     framesDrawn: 0, clipsReceived: 0, drawTimes: [], latencyMs: null, nextDrawAt: 0,
     upload: null, rttMs: null, retryAt: 0,
   };
   window.worldstream = S;
+  S.cfg = CFG;
 
   // ---- messages ----------------------------------------------------------------------------------
 
@@ -91,7 +121,7 @@
     };
     ws.onclose = (ev) => {
       S.connected = false;
-      S.outstanding = null;
+      S.inFlight = [];
       S.closeInfo = { code: ev.code, reason: ev.reason };
       if (ev.code === 1013) {
         setStatus("busy", "busy — click to retry");
@@ -120,7 +150,8 @@
       case "error":
         showMessage(msg.message, msg.code);
         if (msg.ref === "action" || msg.code === "not_reset") {
-          S.outstanding = null;
+          // which action failed is not said: forget them all (a late clip of one is still shown)
+          S.inFlight = [];
           S.retryAt = performance.now() + CFG.errorBackoffMs;  // no request storm when every clip fails
         }
         if (msg.ref === "reset") S.resetPending = false;
@@ -132,6 +163,8 @@
 
   function onHello(h) {
     S.hello = h;
+    const n = h.max_in_flight;
+    S.maxInFlight = Number.isInteger(n) && n >= 1 ? Math.min(n, CFG.maxInFlight) : CFG.defaultInFlight;
     screen.width = h.width;
     screen.height = h.height;
     ctx.fillStyle = "#000";
@@ -160,20 +193,48 @@
       S.poses = [];
       S.memFrames = [];
       S.shownIndex = -1;
+      S.expect = null;
+      S.ditEnd = null;
       dropQueue();
     }
     h.stale = h.episode !== S.episode || (S.resetPending && !h.reset);  // an older episode's clip
     if (h.stale) return;
+    checkOrder(h);
     for (let i = 0; i < h.poses.length; i++) S.poses[h.frame_start + i] = h.poses[i];
     S.memFrames = (h.memory && Array.isArray(h.memory.frames)) ? h.memory.frames : [];
-    if (S.outstanding && h.seq !== null && h.seq >= S.outstanding.seq) {
-      const rt = performance.now() - S.outstanding.t;
-      S.genEstimateMs = 0.7 * S.genEstimateMs + 0.3 * rt;
-      S.outstanding = null;
-    }
+    if (typeof h.seq === "number") settleActions(h, performance.now());
     $("gen").textContent = h.timings && typeof h.timings.generate_s === "number"
       ? `${(h.timings.generate_s * 1000).toFixed(0)} ms` : "–";
     $("dropped").textContent = String(h.dropped_frames || 0);
+  }
+
+  function checkOrder(h) {
+    // clips of an episode arrive in order, each starting where the previous ended (a gap = dropped clips)
+    if (S.expect && (h.clip !== S.expect.clip || h.frame_start !== S.expect.frame)) S.gaps += 1;
+    S.expect = { clip: h.clip + 1, frame: h.frame_start + h.n_frames };
+    S.clipLog.push({ episode: h.episode, clip: h.clip, frame_start: h.frame_start, n_frames: h.n_frames,
+                     seq: h.seq, coalesced: h.coalesced, dropped_frames: h.dropped_frames,
+                     in_flight: S.inFlight.length });  // as it arrived, its own action included
+    if (S.clipLog.length > CFG.logClips) S.clipLog.shift();
+  }
+
+  function settleActions(h, now) {
+    // the clip answers action h.seq (and every earlier one coalesced into it). Its timings say how long
+    // the server's DiT took and when it finished (server durations counted back from the arrival; the
+    // transfer is neglected). Sent alone, its round trip updates L (mean and mean deviation).
+    const a = S.inFlight.find((x) => x.seq === h.seq);
+    S.inFlight = S.inFlight.filter((x) => x.seq > h.seq);
+    const w = CFG.leadSmoothing, tm = h.timings || {};
+    const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+    const dit = num(tm.dit_s), gen = num(tm.generate_s);
+    if (dit !== null && gen !== null) {
+      S.ditMs = S.ditMs === null ? 1000 * dit : (1 - w) * S.ditMs + w * 1000 * dit;
+      S.ditEnd = now - 1000 * (gen + (num(tm.encode_s) || 0) + (num(tm.queue_s) || 0) - dit);
+    }
+    if (!a || !a.alone) return;
+    const rt = now - a.t;
+    S.leadDevMs = (1 - w) * S.leadDevMs + w * Math.abs(rt - S.leadMs);
+    S.leadMs = (1 - w) * S.leadMs + w * rt;
   }
 
   function onFrame(blob) {
@@ -184,19 +245,22 @@
     if (h.stale) return;
     const item = { header: h, index: i, global: h.frame_start + i, pose: h.poses[i] || null };
     const decoded = createImageBitmap(blob);
-    S.decodeChain = S.decodeChain
+    S.decoding += 1;
+    S.decodeChain = S.decodeChain  // decodes run in parallel, frames enter the queue in order
       .then(() => decoded)
       .then((bitmap) => {
         if (item.header.episode !== S.episode) { bitmap.close(); return; }
         item.bitmap = bitmap;
         S.queue.push(item);
       })
-      .catch((e) => showMessage(`cannot decode frame: ${e}`, "client"));
+      .catch((e) => showMessage(`cannot decode frame: ${e}`, "client"))
+      .finally(() => { S.decoding -= 1; });
   }
 
   function dropQueue() {
     for (const f of S.queue) f.bitmap.close();
     S.queue = [];
+    S.rebuffering = true;
   }
 
   // ---- actions -----------------------------------------------------------------------------
@@ -224,26 +288,46 @@
     return S.hello ? S.hello.keys.filter((k) => keys.has(k)) : [...keys];
   }
 
+  function ditFreeAt() {
+    // when the server's DiT will have sampled every action in flight (-Infinity: nothing in flight).
+    // Unknown DiT time (no clip yet): a whole round trip each
+    let free = S.ditEnd === null ? -Infinity : S.ditEnd;
+    for (const a of S.inFlight) free = Math.max(a.t, free) + (S.ditMs === null ? S.leadMs : S.ditMs);
+    return S.inFlight.length ? free : -Infinity;
+  }
+
   function sendAction() {
     const mouse = currentMouse();
     const keys = activeKeys();
     S.seq += 1;
     const t = performance.now();
     if (!send({ type: "action", keys, mouse, seq: S.seq, t_client: t })) return;
-    S.outstanding = { seq: S.seq, t, keys, mouse };
+    S.inFlight.push({ seq: S.seq, t, keys, mouse, alone: S.inFlight.length === 0 });
+    S.actionsSent += 1;
+    S.inFlightPeak = Math.max(S.inFlightPeak, S.inFlight.length);
     S.tapped.clear();
     S.pointer = [0, 0];
   }
 
+  function slackMs() {
+    return CFG.jitterFactor * S.leadDevMs + CFG.requestMarginMs;
+  }
+
+  function committedFrames() {
+    // frames that will be shown before a clip requested now: buffered, decoding, still arriving, in flight
+    const arriving = S.header && !S.header.stale ? Math.max(0, S.framesLeft) : 0;
+    return S.queue.length + S.decoding + arriving + S.inFlight.length * S.hello.frames_per_clip;
+  }
+
   function maybeRequest(now) {
     if (!S.connected || S.paused || !S.hello || S.episode === 0 || S.resetPending || now < S.retryAt) return;
-    if (S.outstanding) {
-      if (now - S.outstanding.t > CFG.outstandingTimeoutMs) S.outstanding = null;
-      return;
-    }
-    const frameMs = 1000 / S.hello.fps;
-    const bufferedMs = (S.queue.length + Math.max(0, S.framesLeft)) * frameMs;
-    if (bufferedMs <= S.genEstimateMs + CFG.requestMarginMs) sendAction();
+    S.inFlight = S.inFlight.filter((a) => now - a.t <= CFG.outstandingTimeoutMs);  // lost: stop waiting
+    if (S.inFlight.length >= S.maxInFlight) return;
+    const free = ditFreeAt();
+    if (now < free - CFG.holdGuardMs) return;  // it would only wait on the server: sample the keys later
+    // request when the committed video runs out before the requested clip would arrive (+ slack)
+    const arrival = Math.max(now, free) + S.leadMs;
+    if (committedFrames() * (1000 / S.hello.fps) <= arrival - now + slackMs()) sendAction();
   }
 
   function doReset() {
@@ -258,7 +342,7 @@
     const prompt = $("prompt").value.trim();
     if (send({ type: "reset", prompt: prompt === "" ? null : prompt, image })) {
       S.resetPending = true;
-      S.outstanding = null;
+      S.inFlight = [];  // their clips belong to the old episode
       dropQueue();
     }
   }
@@ -371,9 +455,17 @@
 
   // ---- drawing ------------------------------------------------------------------------------
 
+  function noteShown(item) {
+    // display order: within an episode every frame follows the previous one (skipped ones included)
+    const last = S.lastDrawn;
+    if (last && last.episode === item.header.episode && item.global !== last.global + 1) S.orderErrors += 1;
+    S.lastDrawn = { episode: item.header.episode, global: item.global };
+  }
+
   function drawFrame(item, now) {
     ctx.drawImage(item.bitmap, 0, 0, screen.width, screen.height);
     item.bitmap.close();
+    noteShown(item);
     S.framesDrawn += 1;
     S.shownIndex = item.global;
     S.lastHeader = item.header;
@@ -388,6 +480,8 @@
     if (item.index === 0 && !item.header.reset && typeof item.header.t_client === "number") {
       const lat = now - item.header.t_client;  // action sent -> first frame of its clip shown
       S.latencyMs = S.latencyMs === null ? lat : 0.8 * S.latencyMs + 0.2 * lat;
+      S.latencies.push(lat);
+      if (S.latencies.length > CFG.logClips) S.latencies.shift();
       $("latency").textContent = `${S.latencyMs.toFixed(0)} ms`;
     }
     $("clip").textContent = `${item.header.clip}·${item.index}`;
@@ -490,11 +584,27 @@
   function tick(now) {
     if (S.hello) {
       const frameMs = 1000 / S.hello.fps;
-      const maxQueue = CFG.maxBufferClips * S.hello.frames_per_clip;
-      while (S.queue.length > maxQueue) S.queue.shift().bitmap.close();  // skip ahead
-      if (S.nextDrawAt < now - frameMs) S.nextDrawAt = now;  // buffer ran dry: restart the clock
+      // the request rule bounds the buffer; far beyond it (a hidden tab stopped playback) skip ahead
+      const maxQueue = Math.ceil((S.leadMs + slackMs()) / frameMs) + CFG.maxBufferClips * S.hello.frames_per_clip;
+      while (S.queue.length > maxQueue) {
+        const item = S.queue.shift();
+        item.bitmap.close();
+        noteShown(item);
+        S.skippedFrames += 1;
+      }
+      if (S.queue.length === 0) S.rebuffering = true;
+      if (S.rebuffering && S.queue.length > 0) {
+        // resume once prebufferMs is buffered, or when nothing more is on its way
+        const want = Math.min(Math.ceil(CFG.prebufferMs / frameMs), S.hello.frames_per_clip);
+        const more = S.decoding + (S.header && !S.header.stale ? Math.max(0, S.framesLeft) : 0);
+        if (S.queue.length >= want || more === 0) {
+          S.rebuffering = false;
+          S.nextDrawAt = now;
+        }
+      }
+      if (S.nextDrawAt < now - frameMs) S.nextDrawAt = now;  // late (a slow tick): no catch-up burst
       let drew = false;
-      if (S.queue.length > 0 && now >= S.nextDrawAt) {
+      if (!S.rebuffering && now >= S.nextDrawAt) {
         drawFrame(S.queue.shift(), now);
         S.nextDrawAt += frameMs;
         drew = true;
@@ -503,6 +613,7 @@
       while (S.drawTimes.length && S.drawTimes[0] < now - 1000) S.drawTimes.shift();
       $("fps").textContent = String(S.drawTimes.length);
       $("buffer").textContent = `${S.queue.length} fr`;
+      $("inflight").textContent = `${S.inFlight.length}/${S.maxInFlight}`;
       if (drew) drawMinimap();
     }
     drawKeysHud();

@@ -7,32 +7,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from tiny_world import PROMPT, TINY_SESSION, H, W, tiny_bundle
 
 from worldstream.eval import harness
 from worldstream.eval.benchmarks import drift
-from worldstream.infer import config as session_config
-from worldstream.infer.model_bundle import prepare_bundle
-from worldstream.model.dit import ActionConfig, DiTConfig, WorldDiT
-from worldstream.model.vae import VAE, VAEConfig
 
-H, W = 16, 32  # pixels: 2 x 4 latents (VAE stride 8)
-TINY_VAE = VAEConfig(dim=4, dec_dim=6, z_dim=8, dim_mult=(1, 2, 2), temporal_downsample=(True, True))
-TINY_ACTION = ActionConfig(blocks=(0,), heads_num=1, hidden_size=8, img_hidden_size=32, keyboard_hidden_dim=64,
-                           mouse_hidden_dim=64)
-TINY_DIT = DiTConfig(in_dim=8, out_dim=8, dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=8, text_len=4,
-                     action=TINY_ACTION, camera_block=8, sigma_theta=0.8, rope_overflow="extend")
-TINY_SESSION = dataclasses.replace(session_config.NANO, height=H, width=W, steps=2, seed=5)
-PROMPT = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
 SHORT = dataclasses.replace(drift.BENCH, window_seconds=1.0)  # 1 s windows: a 3 s session suffices
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        dit, vae = WorldDiT(TINY_DIT), VAE(TINY_VAE).init_weights()
-    return prepare_bundle(dit, vae, None, dtype=torch.bfloat16)
+    return tiny_bundle()
 
 
 def test_end_to_end_on_a_few_seconds(bundle, tmp_path):

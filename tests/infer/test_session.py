@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_world import PROMPT, TINY_DIT, TINY_SESSION, TINY_VAE, H, W, tiny_bundle
 
 from worldstream.data.actions import poses_from_actions
 from worldstream.geometry.camera import (
@@ -24,7 +25,6 @@ from worldstream.geometry.camera import (
 from worldstream.geometry.retrieval import RetrievalConfig
 from worldstream.infer import config as session_config
 from worldstream.infer.config import SessionConfig
-from worldstream.infer.model_bundle import prepare_bundle
 from worldstream.infer.rollout import (
     ClipGeometry,
     LatentStore,
@@ -36,29 +36,10 @@ from worldstream.infer.rollout import (
     rows_for_next_clip,
 )
 from worldstream.infer.session import WorldSession, prepare_image
-from worldstream.model.dit import ActionConfig, DiTConfig, WorldDiT
-from worldstream.model.vae import VAE, VAEConfig, prune_decoder
+from worldstream.model.dit import WorldDiT
+from worldstream.model.vae import VAE, prune_decoder
 
-H, W = 16, 32  # pixels: 2 x 4 latents (VAE stride 8), 1 x 2 DiT tokens per latent
-TINY_VAE = VAEConfig(dim=4, dec_dim=6, z_dim=8, dim_mult=(1, 2, 2), temporal_downsample=(True, True))
-TINY_ACTION = ActionConfig(blocks=(0,), heads_num=1, hidden_size=8, img_hidden_size=32, keyboard_hidden_dim=64,
-                           mouse_hidden_dim=64)
-TINY_DIT = DiTConfig(in_dim=8, out_dim=8, dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=8, text_len=4,
-                     action=TINY_ACTION, camera_block=8, sigma_theta=0.8, rope_overflow="extend")
-# the nano clip schedule and memory (2 past + 4 new latents, 4 memory slots), tiny pixels, 2 steps
-TINY_SESSION = dataclasses.replace(session_config.NANO, height=H, width=W, steps=2, seed=5)
 W_KEY = np.array([1, 0, 0, 0, 0, 0], np.float32)
-
-
-def tiny_bundle(dit_cfg: DiTConfig = TINY_DIT, dtype=torch.bfloat16, int8=False, light=False, text=None):
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        dit, vae = WorldDiT(dit_cfg), VAE(TINY_VAE).init_weights()
-        if light:
-            from worldstream.model.vae import LightVAE
-
-            vae = LightVAE(vae, prune_decoder(vae, 0.5))
-    return prepare_bundle(dit, vae, text, dtype=dtype, int8=int8)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +49,6 @@ def bundle():
 
 def image(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (40, 70, 3), dtype=np.uint8)
-
-
-PROMPT = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
 
 
 def actions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

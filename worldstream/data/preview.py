@@ -103,27 +103,12 @@ def _atomic_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    import imageio.v2 as imageio
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
-    try:
-        with imageio.get_writer(
-            tmp, fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=2
-        ) as writer:
-            for f in frames:
-                writer.append_data(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 # ---- command -------------------------------------------------------------------------------------
 
 
 def main(args: argparse.Namespace) -> int:
     from worldstream.data.engine import TRAJECTORIES, EngineConfig, render_clip
+    from worldstream.utils.video import write_mp4
 
     height, width = parse_size(args.size)
     if args.frames < 2:
@@ -151,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mp4, png = out / "preview.mp4", out / "contact_sheet.png"
-    _atomic_mp4(mp4, big, cfg.fps)
+    write_mp4(mp4, big, cfg.fps)
     _atomic_png(png, contact_sheet(video))
     # 3. report
     print(

@@ -31,7 +31,8 @@ import numpy as np
 
 __all__ = ["TrainingWorlds", "TRAINING_WORLDS", "training_world_seeds", "check_held_out", "ground_truth",
            "aligned_frames", "Generation", "run_session", "generate", "session_config",
-           "add_harness_arguments", "parse_seeds", "parse_trajectories", "load_for_bench"]
+           "add_harness_arguments", "parse_seeds", "parse_trajectories", "load_for_bench",
+           "add_bench_arguments", "parse_worlds", "run_bench"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,22 @@ def add_harness_arguments(p: argparse.ArgumentParser, *, trajectory: str, world_
     p.add_argument("--seed", type=int, default=None, help="session noise seed (default: the preset's)")
 
 
+def add_bench_arguments(p: argparse.ArgumentParser, *, default_out: str, trajectory: str) -> None:
+    """All the options of a harness bench but its own: --json, --checkpoint, --out (benchmarks/common.py
+    `add_common_arguments`) and `add_harness_arguments`."""
+    from worldstream.eval.benchmarks.common import add_common_arguments
+
+    add_common_arguments(p, default_out=default_out)
+    add_harness_arguments(p, trajectory=trajectory)
+
+
+def parse_worlds(args) -> tuple[list[int], list[str]]:
+    """(world seeds, trajectory kinds) of a bench's --world-seeds / --trajectory; --quick keeps one world."""
+    seeds = parse_seeds(args.world_seeds)
+    trajectories = parse_trajectories(args.trajectory)
+    return (seeds[:1] if args.quick else seeds), trajectories
+
+
 def load_for_bench(args) -> tuple:
     """(bundle, checkpoint folder or None) for a bench's args; sets the thread count. The session settings:
     `session_config(checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed)`."""
@@ -241,3 +258,15 @@ def load_for_bench(args) -> tuple:
     checkpoint = args.checkpoint or default_checkpoint("nano")
     cfg = session_config(checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed)
     return load_bundle_for(cfg, checkpoint), checkpoint
+
+
+def run_bench(args, run, write) -> int:
+    """The end of a harness bench's `main` (memory, drift): load the bundle (`load_for_bench`) and the
+    session the checkpoint suggests with --sampler/--steps/--seed, `res = run(bundle, cfg, progress=print)`,
+    then `write(res, args.out, args.json, checkpoint or "random init")` and print the markdown it returns.
+    Returns the exit code 0."""
+    bundle, checkpoint = load_for_bench(args)
+    cfg = session_config(checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed)
+    res = run(bundle, cfg, progress=lambda m: print(m, flush=True))
+    print(write(res, args.out, args.json, str(checkpoint or "random init")))
+    return 0

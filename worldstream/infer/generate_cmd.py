@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -219,21 +218,6 @@ def _clip_record(k: int, sched, info) -> dict:
     }
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Atomic write: a temp file beside `path` (with the .mp4 suffix ffmpeg needs), then os.replace."""
-    import imageio.v2 as imageio
-
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    try:
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, pixelformat="yuv420p",
-                                macro_block_size=2) as writer:
-            for f in frames:
-                writer.append_data(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def hud_video(result: GenerateResult, scale: int | None, hud: bool) -> np.ndarray:
     """Upscale (nearest) and draw the key/mouse HUD of each frame's action row."""
     from worldstream.data.preview import draw_hud
@@ -251,6 +235,7 @@ def hud_video(result: GenerateResult, scale: int | None, hud: bool) -> np.ndarra
 def main(args: argparse.Namespace) -> int:
     from worldstream.infer.model_bundle import RandomInitWarning
     from worldstream.utils.io import atomic_write_json
+    from worldstream.utils.video import write_mp4
 
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
@@ -261,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
         result = run(args)
     for w in caught:
         print(f"worldstream: warning: {w.message}")
-    _write_mp4(out, hud_video(result, args.scale, not args.no_hud), result.record["fps"])
+    write_mp4(out, hud_video(result, args.scale, not args.no_hud), result.record["fps"])
     json_path = out.with_suffix(".json")
     atomic_write_json(json_path, result.record)
     r = result.record

@@ -13,7 +13,6 @@ Notable:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TextIO
 import numpy as np
 
 from worldstream.data.actions import KEYS
+from worldstream.utils.video import write_mp4
 
 QUIT_WORDS = ("quit", "exit", "q!")
 SEPARATORS = " ,;+\t"
@@ -84,24 +84,6 @@ def action_arrays(move: str, look: str,
                   cfg: TerminalConfig = TerminalConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Key letters (empty = none) -> (keyboard [6], mouse [2])."""
     return move_keys()[move or "Q"], look_keys(cfg.mouse_step)[look or "U"]
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int, quality: int) -> None:
-    """uint8 [N,H,W,3] -> H.264 mp4, atomically (temp file + os.replace)."""
-    import imageio.v2 as imageio
-
-    # NOTE imageio's ffmpeg writer picks the container from the extension: the temp name ends in .mp4
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        # macro_block_size 2 keeps 96x160 as it is (the default 16 would pad it)
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=quality, pixelformat="yuv420p",
-                                macro_block_size=2) as w:
-            for f in frames:
-                w.append_data(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_png(path: Path, frame: np.ndarray) -> None:

@@ -230,7 +230,7 @@ def _check_same_vae(train_vae, eval_vae, train_dir: Path, eval_dir: Path) -> Non
 def write_comparison(path: Path, truth: torch.Tensor, generated: torch.Tensor, s: SampleVideoConfig) -> None:
     """Videos [1, 3, F, H, W] in [-1, 1] -> an mp4 of F frames [2H, W]: truth on top, generated below."""
     from worldstream.infer.session import frames_to_uint8
-    from worldstream.serve.terminal import write_mp4
+    from worldstream.utils.video import write_mp4
 
     if truth.shape != generated.shape:
         raise ValueError(f"sample video: ground truth {list(truth.shape)} and generated "

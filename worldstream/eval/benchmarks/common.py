@@ -6,6 +6,8 @@
   `--checkpoint` defaults to None, which `infer/model_bundle.py:load_bundle` resolves to the shipped
   `checkpoints/nano` (argparse must not import torch, so the default is resolved at run time).
 * `write_report` / `save_plot`: atomic writes (utils/io.py), so a report is never half written.
+  `write_with_plot`: the report of a harness bench (memory, drift): markdown, JSON with the checkpoint, and
+  the plot beside the markdown.
 * `psnr` / `ssim` on uint8 RGB frames `[..., H, W, 3]`, one value per frame. PSNR uses the [0, 1] range
   (identical frames give +inf). SSIM is the standard one of Wang et al. 2004: an 11x11 Gaussian window with
   sigma 1.5, K1 = 0.01, K2 = 0.03, computed per colour channel over the "valid" window positions (no
@@ -19,6 +21,7 @@ import argparse
 import io
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["SSIMConfig", "add_common_arguments", "machine", "machine_line", "psnr", "save_plot", "ssim",
-           "write_report"]
+           "write_report", "write_with_plot"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,19 @@ def write_report(md_path: str | os.PathLike | None, markdown: str, json_path: st
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(json_path, data)
+
+
+def write_with_plot(res: dict[str, Any], md_path: str | os.PathLike | None,
+                    json_path: str | os.PathLike | None, checkpoint: str, *,
+                    to_markdown: Callable[[dict, str], str], plot: Callable[[dict, Path], None]) -> str:
+    """A bench's report: `to_markdown(res, checkpoint)` to md_path, `{**res, "checkpoint": checkpoint}` to
+    json_path (write_report; either may be None) and `plot(res, png)` to md_path's name with .png (only with a
+    markdown path). Returns the markdown."""
+    md = to_markdown(res, checkpoint)
+    write_report(md_path, md, json_path, {**res, "checkpoint": checkpoint})
+    if md_path is not None:
+        plot(res, Path(md_path).with_suffix(".png"))
+    return md
 
 
 def save_plot(fig, png_path: str | os.PathLike) -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from worldstream.eval.benchmarks.common import machine
+from worldstream.eval.benchmarks.common import machine, write_report
 
 DTYPES = ("fp32", "bf16", "int8")
 
@@ -472,15 +472,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldstream.utils.io import atomic_write_json, atomic_write_text
-
     cfg = DiTBenchConfig(presets=tuple(args.presets), dtypes=tuple(args.dtypes), repeats=args.repeats,
                          threads=tuple(args.threads))
     result = run(cfg)
     md = to_markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "dit_speed.md", md)
-    if args.json:
-        atomic_write_json(args.json, result)
+    write_report(args.out / "dit_speed.md", md, args.json, result)
     print(md)
     return 0

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from worldstream.eval.benchmarks.common import add_common_arguments, machine, machine_line, psnr, ssim
+from worldstream.eval.benchmarks.common import machine, machine_line, psnr, ssim, write_with_plot
 
 DEFAULT_OUT = "docs/results/drift.md"
 
@@ -181,13 +180,8 @@ def plot(res: dict, png_path) -> None:
 
 
 def write(res: dict, md_path, json_path, checkpoint: str) -> str:
-    from worldstream.eval.benchmarks.common import write_report
-
-    md = to_markdown(res, checkpoint)
-    write_report(md_path, md, json_path, {**res, "checkpoint": checkpoint})
-    if md_path is not None:
-        plot(res, Path(md_path).with_suffix(".png"))
-    return md
+    """Markdown to md_path, JSON to json_path, the plot beside the markdown (.png); returns the markdown."""
+    return write_with_plot(res, md_path, json_path, checkpoint, to_markdown=to_markdown, plot=plot)
 
 
 ########################################################################################################
@@ -195,30 +189,24 @@ def write(res: dict, md_path, json_path, checkpoint: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from worldstream.eval.harness import add_harness_arguments
+    from worldstream.eval.harness import add_bench_arguments
 
-    add_common_arguments(p, default_out=DEFAULT_OUT)
-    add_harness_arguments(p, trajectory=BENCH.trajectory)
+    add_bench_arguments(p, default_out=DEFAULT_OUT, trajectory=BENCH.trajectory)
     p.add_argument("--seconds", type=float, default=None,
                    help=f"session length in seconds (default {BENCH.seconds:g}; "
                         f"quick {BENCH.quick_seconds:g})")
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldstream.eval.harness import load_for_bench, parse_seeds, parse_trajectories, session_config
+    from functools import partial
 
-    seeds = parse_seeds(args.world_seeds)
-    trajectory = parse_trajectories(args.trajectory)
+    from worldstream.eval.harness import parse_worlds, run_bench
+
+    seeds, trajectory = parse_worlds(args)
     if len(trajectory) != 1:
         raise ValueError(f"--trajectory: drift takes one trajectory, got {trajectory}")
     seconds = args.seconds
     if args.quick:
-        seeds = seeds[:1]
         seconds = seconds or BENCH.quick_seconds
     seconds = seconds or BENCH.seconds
-    bundle, checkpoint = load_for_bench(args)
-    cfg = session_config(checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed)
-    res = run(bundle, cfg, seeds, trajectory[0], seconds, progress=lambda m: print(m, flush=True))
-    md = write(res, args.out, args.json, str(checkpoint or "random init"))
-    print(md)
-    return 0
+    return run_bench(args, partial(run, world_seeds=seeds, trajectory=trajectory[0], seconds=seconds), write)

@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from worldstream.eval.benchmarks.common import add_common_arguments, machine, machine_line, psnr, ssim
+from worldstream.eval.benchmarks.common import machine, machine_line, psnr, ssim, write_with_plot
 
 DEFAULT_OUT = "docs/results/memory.md"
 MODES = ("on", "off")
@@ -288,13 +287,8 @@ def plot(res: dict, png_path) -> None:
 
 
 def write(res: dict, md_path, json_path, checkpoint: str) -> str:
-    from worldstream.eval.benchmarks.common import write_report
-
-    md = to_markdown(res, checkpoint)
-    write_report(md_path, md, json_path, {**res, "checkpoint": checkpoint})
-    if md_path is not None:
-        plot(res, Path(md_path).with_suffix(".png"))
-    return md
+    """Markdown to md_path, JSON to json_path, the plot beside the markdown (.png); returns the markdown."""
+    return write_with_plot(res, md_path, json_path, checkpoint, to_markdown=to_markdown, plot=plot)
 
 
 ########################################################################################################
@@ -302,32 +296,26 @@ def write(res: dict, md_path, json_path, checkpoint: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from worldstream.eval.harness import add_harness_arguments
+    from worldstream.eval.harness import add_bench_arguments
 
-    add_common_arguments(p, default_out=DEFAULT_OUT)
-    add_harness_arguments(p, trajectory=",".join(BENCH.trajectories))
+    add_bench_arguments(p, default_out=DEFAULT_OUT, trajectory=",".join(BENCH.trajectories))
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames per session, rounded up to the clip schedule (default {BENCH.frames}; "
                         f"quick {BENCH.quick_frames})")
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldstream.eval.harness import load_for_bench, parse_seeds, parse_trajectories, session_config
+    from functools import partial
 
-    seeds = parse_seeds(args.world_seeds)
-    trajectories = parse_trajectories(args.trajectory)
+    from worldstream.eval.harness import parse_worlds, run_bench
+
+    seeds, trajectories = parse_worlds(args)
     frames = args.frames
     if args.quick:
-        seeds = seeds[:1]
         if args.trajectory == ",".join(BENCH.trajectories):  # not chosen by the user
             trajectories = [BENCH.quick_trajectory]
         frames = frames or BENCH.quick_frames
     frames = frames or BENCH.frames
     if frames < 2:
         raise ValueError(f"--frames must be >= 2, got {frames}")
-    bundle, checkpoint = load_for_bench(args)
-    cfg = session_config(checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed)
-    res = run(bundle, cfg, seeds, trajectories, frames, progress=lambda m: print(m, flush=True))
-    md = write(res, args.out, args.json, str(checkpoint or "random init"))
-    print(md)
-    return 0
+    return run_bench(args, partial(run, world_seeds=seeds, trajectories=trajectories, frames=frames), write)

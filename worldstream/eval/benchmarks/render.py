@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from worldstream.eval.benchmarks.common import machine
+from worldstream.eval.benchmarks.common import machine, write_report
 
 MB = 1e6
 
@@ -130,13 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldstream.utils.io import atomic_write_json, atomic_write_text
-
     result = run()
     md = to_markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "render.md", md)
-    if args.json:
-        atomic_write_json(args.json, result)
+    write_report(args.out / "render.md", md, args.json, result)
     print(md)
     return 0

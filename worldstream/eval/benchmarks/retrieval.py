@@ -14,7 +14,6 @@ Writes a markdown table (docs/results/retrieval.md by default) and optionally JS
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worldstream.eval.benchmarks.common import machine
+from worldstream.eval.benchmarks.common import machine, write_report
 
 
 @dataclass(frozen=True)
@@ -192,13 +191,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from worldstream.utils.io import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)  # temp + fsync + rename, temp removed on failure
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="directory for retrieval.md")
     p.add_argument("--json", type=Path, help="also write the raw numbers as JSON")
@@ -208,8 +200,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     res = run(RetrievalBenchConfig(seed=args.seed))
     md = to_markdown(res)
-    _atomic_write(Path(args.out) / "retrieval.md", md)
-    if args.json:
-        _atomic_write(Path(args.json), json.dumps(res, indent=1))
+    write_report(Path(args.out) / "retrieval.md", md, args.json, res)
     print(md)
     return 0

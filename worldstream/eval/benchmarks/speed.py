@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import queue
 import random
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from worldstream.eval.benchmarks.common import machine
+from worldstream.eval.benchmarks.common import machine, write_report
 
 TARGET_FPS = 32.0  # issue 5: >= 32 FPS with memory and decoding
 TARGET_P50_S = 0.5  # issue 5: p50 action-to-frame latency <= 0.5 s
@@ -473,13 +472,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from worldstream.utils.io import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)  # temp + fsync + rename, temp removed on failure
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="directory for speed.md")
     p.add_argument("--json", type=Path, help="also write the raw numbers as JSON")
@@ -505,8 +497,6 @@ def main(args: argparse.Namespace) -> int:
                          f"{cfg.rounds}, {cfg.long_minutes}")
     res = run(cfg, args.checkpoint, progress=lambda msg: print(msg, flush=True), note=args.note)
     md = to_markdown(res)
-    _atomic_write(Path(args.out) / "speed.md", md)
-    if args.json:
-        _atomic_write(Path(args.json), json.dumps(res, indent=1, default=str))
+    write_report(Path(args.out) / "speed.md", md, args.json, res)
     print(md)
     return 0

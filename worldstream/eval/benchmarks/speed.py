@@ -5,7 +5,8 @@ memory retrieval, the DiT's sampling, VAE decoding), on the `nano` preset at its
 configurations, all measured in the same run and interleaved round-robin (the order rotates every round)
 so that they share the machine's noise:
 
-* all on: the preset's sampler (FlowUniPC, 3 steps), memory with MemoryBank retrieval, INT8 q/k/v/o,
+* all on: the checkpoint's sampler (dit/meta.json: few-step 4 steps for a DMD student, else the preset's
+  FlowUniPC 3 steps), memory with MemoryBank retrieval, INT8 q/k/v/o,
   LightVAE decoder, async decode in a worker process (DiT and decoder one core each on 2 cores);
 * then one switched off at a time: INT8 off (bf16 q/k/v/o), LightVAE off (the full decoder), retrieval by
   the exact full scan over every stored latent instead of the MemoryBank cascade, async decode off (decode
@@ -255,10 +256,11 @@ def trend(long_bins: list[dict[str, Any]]) -> dict[str, float] | None:
 # Run
 
 
-def _session_config(preset: str, variant: Variant, split: tuple[int, int]):
-    from worldstream.infer.config import preset as session_preset
+def _session_config(preset: str, variant: Variant, split: tuple[int, int], checkpoint: str | None = None):
+    from worldstream.infer.model_bundle import suggest_session_config
 
-    cfg = session_preset(preset).replace(**ALL_ON).replace(**variant.changes)
+    # the checkpoint's own sampler (dit/meta.json: few_step 4 steps for a DMD student), as play runs it
+    cfg = suggest_session_config(checkpoint, preset).replace(**ALL_ON).replace(**variant.changes)
     return cfg.replace(dit_threads=split[0], decode_threads=split[1]) if cfg.async_decode else cfg
 
 
@@ -281,7 +283,7 @@ def run(cfg: SpeedBenchConfig, checkpoint: str | None = None, progress=print,
     thread_count = {"split": split[0], "all": threads_all, "one": 1}
 
     # 1. models: one bundle per (int8, light_vae), shared by the configurations that need it
-    cfgs = {v.name: _session_config(cfg.preset, v, split) for v in VARIANTS}
+    cfgs = {v.name: _session_config(cfg.preset, v, split, checkpoint) for v in VARIANTS}
     bundles: dict[tuple[bool, bool], Any] = {}
     random_init, source = False, ""
     with warnings.catch_warnings():

@@ -53,7 +53,7 @@ def test_bench_refuses_bad_input(tmp_path, monkeypatch, capsys):
     small = idm.IDMConfig(height=48, width=80, downsample=2, channels=(8,), hidden=16)
     idm.save_idm(tmp_path / "small", idm.build_idm(small))
     assert cli.main([*base, "--idm", str(tmp_path / "small"), "--world-seeds", "900", "--frames", "25",
-                     "--steps", "1"]) == 2
+                     "--sampler", "unipc", "--steps", "1"]) == 2
     assert "reads 48x80 frames" in capsys.readouterr().err
 
 

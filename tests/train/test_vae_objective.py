@@ -176,6 +176,7 @@ def _lightvae_ddp_worker(rank, world, port, result):
     loss.backward()
     if rank == 0:
         torch.save([p.grad.clone() for p in student.parameters() if p.requires_grad], result)
+    torch.distributed.barrier()  # no rank tears gloo down while another still uses it (SIGABRT otherwise)
     torch.distributed.destroy_process_group()
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from worldstream import cli
-from worldstream.infer import generate_cmd
+from worldstream.infer import generate_cmd, model_bundle
 from worldstream.infer.model_bundle import RandomInitWarning, default_checkpoint
 
 SCRIPT = "w*10 mouse:right*20"  # 30 rows -> 2 nano clips (25 + 16 = 41 frames)
@@ -23,11 +23,30 @@ def parse(*argv: str):
     return cli.build_parser().parse_args(["generate", *argv])
 
 
+@pytest.fixture()
+def shipped_root():
+    """The repository root whose checkpoints/nano the default lookup finds (read before any redirect)."""
+    return model_bundle.REPO_ROOT
+
+
 @pytest.fixture(autouse=True)
-def _no_trained_nano(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # the default checkpoint is looked up under the working directory too
-    if default_checkpoint("nano") is not None:
-        pytest.skip("a trained nano checkpoint exists; these tests pin the random-init path")
+def _no_trained_nano(monkeypatch, tmp_path, shipped_root):
+    # these tests pin the random-init path: the default checkpoint is looked up under the working directory
+    # and the repository, so both point at an empty tmp dir (test_generate_on_the_shipped_nano undoes it)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(model_bundle, "REPO_ROOT", tmp_path)
+    assert default_checkpoint("nano") is None
+
+
+def test_generate_on_the_shipped_nano(monkeypatch, shipped_root, tmp_path):
+    monkeypatch.setattr(model_bundle, "REPO_ROOT", shipped_root)
+    shipped = default_checkpoint("nano")
+    assert shipped is not None, "checkpoints/nano is part of the repository"
+    res = generate_cmd.run(parse("--actions", "w*8", "--world-seed", "905", "--out", str(tmp_path / "s.mp4")))
+    r = res.record
+    assert not r["random_init"] and r["num_frames"] == 25
+    assert r["session"]["sampler"] == "few_step" and r["session"]["steps"] == 4  # from dit/meta.json
+    assert res.frames.shape == (25, 96, 160, 3) and res.frames.std() > 5  # a picture, not a flat frame
 
 
 def test_generate_writes_video_and_record_and_is_deterministic(tmp_path, capsys):

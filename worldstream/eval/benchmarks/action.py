@@ -212,18 +212,13 @@ def to_markdown(res: dict[str, Any]) -> str:
         ratio = "n/a" if r[k] is None else f"{r[k]:.3f}"
         out.append(f"| {k} | {_pct(p['gt'][k])} | {_pct(p['generated'][k])} | {ratio} | "
                    f"{_pct(p['frozen'][k])} |")
-    for c in MOVE_CLASSES:
-        n = p["gt"]["move_recall"][c]["n"]
-        if n:
-            out.append(f"| move {c} recall (n={n}) | {_pct(p['gt']['move_recall'][c]['recall'])} | "
-                       f"{_pct(p['generated']['move_recall'][c]['recall'])} | | "
-                       f"{_pct(p['frozen']['move_recall'][c]['recall'])} |")
-    for c in DIRECTION_CLASSES:
-        n = p["gt"]["direction_recall"][c]["n"]
-        if n:
-            out.append(f"| mouse {c} recall (n={n}) | {_pct(p['gt']['direction_recall'][c]['recall'])} | "
-                       f"{_pct(p['generated']['direction_recall'][c]['recall'])} | | "
-                       f"{_pct(p['frozen']['direction_recall'][c]['recall'])} |")
+    for label, key, classes in (("move", "move_recall", MOVE_CLASSES),
+                                ("mouse", "direction_recall", DIRECTION_CLASSES)):
+        for c in classes:
+            n = p["gt"][key][c]["n"]
+            if n:
+                gt, gen, frozen = (_pct(p[v][key][c]["recall"]) for v in ("gt", "generated", "frozen"))
+                out.append(f"| {label} {c} recall (n={n}) | {gt} | {gen} | | {frozen} |")
     out.append(f"| transitions scored | {int(p['gt']['n_frames'])} | {int(p['generated']['n_frames'])} | | |")
     verdicts = []
     for k, label in HEADLINE:

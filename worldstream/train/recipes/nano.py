@@ -58,8 +58,9 @@ from worldstream.train.objectives.dmd import DMDConfig, DMDObjective
 from worldstream.train.objectives.flow_matching import FlowMatchingConfig, FlowMatchingObjective
 from worldstream.train.objectives.memory import MemoryObjective, MemoryObjectiveConfig, load_base_weights
 from worldstream.train.recipes import recipe
+from worldstream.train.recipes.nano_vae import checkpoint_folder
 from worldstream.train.samples import SampleVideoConfig, dit_sample_hooks
-from worldstream.train.trainer import DataPosition, SeededSampler, latest_checkpoint
+from worldstream.train.trainer import DataPosition, SeededSampler
 
 SHIP_DTYPE = torch.bfloat16  # storage dtype of the exported DiT weights
 
@@ -142,16 +143,6 @@ def latent_batches(cfg: RunConfig, pos: DataPosition) -> Iterator[ClipLatents]:
 # models
 
 
-def _checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
-    if ckpt is None:
-        raise FileNotFoundError(f"{path}: no checkpoint (a run dir with ckpt/latest or a checkpoint folder)")
-    return ckpt
-
-
 def run_dit(path: str | Path, weights: Literal["ema", "raw"] = "ema", dit_cfg: DiTConfig | None = None
             ) -> tuple[WorldDiT, dict]:
     """The DiT of a nano_base / nano_memory / nano_dmd run (the student of a DMD run) and its meta.json.
@@ -161,7 +152,7 @@ def run_dit(path: str | Path, weights: Literal["ema", "raw"] = "ema", dit_cfg: D
     """
     from worldstream.checkpoint import config_from_dict, type_name
 
-    ckpt = _checkpoint(path)
+    ckpt = checkpoint_folder(path)
     meta = json.loads((ckpt / "meta.json").read_text())
     if dit_cfg is None:
         model_json = json.loads((ckpt / "config.json").read_text()).get("model") or {}
@@ -179,19 +170,21 @@ def build_base(cfg: RunConfig) -> ModelBundle:
     return ModelBundle({"model": dit})
 
 
-def build_memory(cfg: RunConfig) -> ModelBundle:
+def _init_dit(cfg: RunConfig, needs: str) -> WorldDiT:
+    """The DiT of the run this stage starts from (`model.init_run`, required), with this stage's knobs."""
     m: DiTModelConfig = cfg.model
     if not m.init_run:
-        raise ValueError("nano_memory starts from the base run: --set model.init_run=RUN_DIR")
+        raise ValueError(f"{needs}: --set model.init_run=RUN_DIR")
     dit, _ = run_dit(m.init_run, m.init_weights, m.dit_config())
-    return ModelBundle({"model": dit})
+    return dit
+
+
+def build_memory(cfg: RunConfig) -> ModelBundle:
+    return ModelBundle({"model": _init_dit(cfg, "nano_memory starts from the base run")})
 
 
 def build_dmd(cfg: RunConfig) -> ModelBundle:
-    m: DiTModelConfig = cfg.model
-    if not m.init_run:
-        raise ValueError("nano_dmd distils the memory run: --set model.init_run=RUN_DIR")
-    teacher, _ = run_dit(m.init_run, m.init_weights, m.dit_config())
+    teacher = _init_dit(cfg, "nano_dmd distils the memory run")
     critic, student = copy.deepcopy(teacher), copy.deepcopy(teacher)
     return ModelBundle({"teacher": teacher, "critic": critic, "student": student})
 
@@ -297,10 +290,10 @@ def export_nano(out: str | Path, dit_run: str | Path, latents: str | Path,
     vae_meta = {"source": str(Path(latents) / VAE_DIR)}
     if vae_run is not None:
         vae = _with_decoder_of(vae, vae_run, weights)
-        vae_meta["decoder_source"] = str(_checkpoint(vae_run))
+        vae_meta["decoder_source"] = str(checkpoint_folder(vae_run))
     save_checkpoint(out / LAYOUT.vae, vae, vae.cfg, preset="nano", meta=vae_meta)
     if lightvae_run is not None:
-        ckpt = _checkpoint(lightvae_run)
+        ckpt = checkpoint_folder(lightvae_run)
         rate = json.loads((ckpt / "config.json").read_text())["model"]["pruning_rate"]
         light = VAE(dataclasses.replace(vae.cfg, pruning_rate=rate))
         name = "student_ema.safetensors" if weights == "ema" else "student.safetensors"

@@ -46,10 +46,9 @@ def test_all_continues_after_a_failure(tmp_path, capsys, monkeypatch):
     light = prune_decoder(vae, 0.5)
     save_checkpoint(tmp_path / "ck" / "lightvae", light, light.cfg)
     threads = torch.get_num_threads()
-    out, js = tmp_path / "all.md", tmp_path / "all.json"
+    out, js = tmp_path / "res" / "all.md", tmp_path / "all.json"  # --results-dir takes the suite's table too
     rc = cli_main(["bench", "all", "--benches", "vae,drift", "--checkpoint", str(tmp_path / "ck"), "--quick",
                    "--world-seeds", "900", "--json-dir", str(tmp_path / "per"), "--results-dir", str(tmp_path / "res"),
-                   "--out", str(out),
                    "--json", str(js)])
     assert rc == 1 and torch.get_num_threads() == threads
     res = json.loads(js.read_text())

@@ -124,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-seeds", default=None, help="passed to the benches that take held-out world seeds")
     p.add_argument("--threads", type=int, default=None, help="passed to the benches that take --threads")
     p.add_argument("--results-dir", default=None, metavar="DIR",
-                   help="write every bench's markdown/PNG here instead of its default (docs/results/)")
+                   help="write every bench's markdown/PNG (and all.md, unless --out) here, not docs/results/")
     p.add_argument("--json-dir", default=None, metavar="DIR",
                    help="keep each bench's own JSON here as <bench>.json (default: a temporary folder)")
     p.add_argument("--benches", default=",".join(SUITE.benches),
@@ -146,7 +146,10 @@ def main(args: argparse.Namespace) -> int:
         json_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             res["benches"][name] = run_bench(name, args, json_dir, _log)
-    write_report(args.out, to_markdown(res), args.json, res)
+    out = args.out
+    if args.results_dir and out == DEFAULT_OUT:  # the suite's own table goes with the benches' reports
+        out = str(Path(args.results_dir) / Path(DEFAULT_OUT).name)
+    write_report(out, to_markdown(res), args.json, res)
     bad = [n for n, e in res["benches"].items() if e["status"] != "ok"]
     print(f"bench all: {len(names) - len(bad)}/{len(names)} ok"
           + (f"; not ok: {', '.join(bad)}" if bad else ""))

@@ -9,8 +9,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,8 @@ def main() -> int:
     import imageio.v3 as iio
     from PIL import Image
 
+    from worldstream.utils.io import atomic_write_bytes
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("video", type=Path, nargs="?", help="a video (not with --compare)")
     p.add_argument("out", type=Path, help="PNG to write (atomically)")
@@ -66,12 +67,10 @@ def main() -> int:
     else:
         grid = strip(iio.imread(a.video), a.frames, a.rows)
     grid = grid.repeat(a.scale, axis=0).repeat(a.scale, axis=1) if a.scale > 1 else grid
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG", optimize=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=a.out.parent)
-    os.close(fd)
-    Image.fromarray(grid).save(tmp, optimize=True)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, a.out)
+    atomic_write_bytes(a.out, buf.getvalue())
     print(f"wrote {a.out} ({grid.shape[1]}x{grid.shape[0]})")
     return 0
 

@@ -252,22 +252,25 @@ def build_vae(cfg: RunConfig) -> ModelBundle:
     return ModelBundle({"vae": vae})
 
 
-def build_vae_decoder(cfg: RunConfig) -> ModelBundle:
-    m: VAEFinetuneModelConfig = cfg.model
-    vae = load_run_vae(m.init_run, m.init_weights).train()
-    # the encoder and its moment conv stay exactly as they were: latents cached with them stay valid
+def freeze_encoder(vae: VAE) -> VAE:
+    """Only the decoder side (conv2 + decoder) of `vae` trains: encoder and moment conv get no gradient."""
     vae.encoder.requires_grad_(False)
     vae.conv1.requires_grad_(False)
+    return vae
+
+
+def build_vae_decoder(cfg: RunConfig) -> ModelBundle:
+    m: VAEFinetuneModelConfig = cfg.model
+    # the encoder and its moment conv stay exactly as they were: latents cached with them stay valid
+    vae = freeze_encoder(load_run_vae(m.init_run, m.init_weights).train())
     return ModelBundle({"vae": vae})
 
 
 def build_lightvae(cfg: RunConfig) -> ModelBundle:
     m: LightVAEModelConfig = cfg.model
     teacher = load_run_vae(m.teacher_run, m.teacher_weights).requires_grad_(False)
-    student = prune_decoder(teacher, m.pruning_rate)
     # a LightVAE never encodes with the student: its encoder and moment conv stay frozen (and unused)
-    student.encoder.requires_grad_(False)
-    student.conv1.requires_grad_(False)
+    student = freeze_encoder(prune_decoder(teacher, m.pruning_rate))
     return ModelBundle({"teacher": teacher, "student": student})
 
 
